@@ -1,0 +1,1 @@
+//! CheckSync's host driver library: freeze, capture, encode, restore.

@@ -1,0 +1,1 @@
+//! Harness for CheckSync end-to-end tests: fixture builds, process control, checkers.
