@@ -1,1 +1,4 @@
-//! Harness for CheckSync end-to-end tests: fixture builds, process control, checkers.
+//! Harness for CheckSync end-to-end tests: fixture builds and process control
+//! ([`fixture`]), and checkers that judge the Go fixtures' behaviour ([`check`]).
+
+pub mod check;
