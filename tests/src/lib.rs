@@ -1,4 +1,6 @@
 //! Harness for CheckSync end-to-end tests: fixture builds and process control
-//! ([`fixture`]), and checkers that judge the Go fixtures' behaviour ([`check`]).
+//! ([`fixture`]), and checkers that judge the Go fixtures' behaviour from the
+//! outside ([`check`]). The `cs-check` binary is the checkers' command line.
 
 pub mod check;
+pub mod fixture;

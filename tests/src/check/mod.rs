@@ -9,3 +9,5 @@
 pub mod history;
 pub mod kv;
 pub mod lock;
+pub mod mr;
+pub mod preload;
