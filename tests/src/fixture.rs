@@ -2,8 +2,8 @@
 //!
 //! Order of use in a test:
 //! 1. [`fixture_bin`] finds a built fixture binary for one toolchain; the first
-//!    call in a test process runs `scripts/build-fixtures.sh` (once, under a
-//!    lock file shared by all test processes) and panics with a fix-it message
+//!    call in a test process runs `scripts/build-fixtures.sh` (once; the script
+//!    serialises concurrent runs from several test processes) and panics with a fix-it message
 //!    when the Go toolchains are missing ("run scripts/setup.sh").
 //! 2. [`Service::start`] starts a service, waits for its `READY <pid> <addr>`
 //!    line on stdout (with a timeout), and kills it when dropped.
@@ -217,16 +217,7 @@ fn build_fixtures() -> Result<PathBuf, String> {
             script.display()
         ));
     }
-    // One build at a time across test processes (cargo may run several).
-    let lock_path = std::env::temp_dir().join("checksync-build-fixtures.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    // The script serialises concurrent builds itself (flock).
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(&script)
@@ -234,7 +225,6 @@ fn build_fixtures() -> Result<PathBuf, String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("running {}: {e}", script.display()))?;
-    drop(lock);
     if !out.status.success() {
         return Err(format!(
             "scripts/build-fixtures.sh failed ({}) after {:.1?}:\n{}\n{}\nIf a Go toolchain is missing: {fix}",

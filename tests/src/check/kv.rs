@@ -95,8 +95,9 @@ pub struct CounterexampleOp {
 /// history by only these steps, each of which preserves that implication:
 /// cutting the history at the earliest answer after which it is no longer
 /// linearizable (ops still unanswered then become pending), dropping reads, and
-/// dropping a write whose value no remaining read contains (or a delete when no
-/// remaining read saw the key absent and no append remains). With `minimal`, no
+/// dropping a `put v` when no remaining read starts with v, an `append a` when
+/// none contains a, and a `delete` when none saw the key absent or starts with a
+/// remaining append's value (no read can then have observed the write's effect). With `minimal`, no
 /// single further such step keeps it non-linearizable.
 #[derive(Debug, Clone)]
 pub struct KvCounterexample {
@@ -413,18 +414,20 @@ fn droppable(ops: &[CounterexampleOp], i: usize) -> bool {
     };
     match &ops[i].op.input {
         KvInput::Get { .. } => true,
-        // After `put v` every state until the next put/delete contains v, so no
-        // read in that stretch can exist unless some read contains v.
-        KvInput::Put(v) | KvInput::Append(v) => {
-            (v.is_empty() && matches!(ops[i].op.input, KvInput::Append(_)))
-                || reads().all(|r| r.is_none_or(|s| !s.contains(v.as_str())))
-        }
-        // After `delete` the key stays absent until a put/delete, or until an
-        // append makes it that append's value.
-        KvInput::Delete => {
-            reads().all(|r| r.is_some())
-                && !ops.iter().any(|c| matches!(c.op.input, KvInput::Append(_)))
-        }
+        // Every state from `put v` until the next put or delete starts with v:
+        // no read can fall in that stretch unless some read starts with v.
+        KvInput::Put(v) => reads().all(|r| r.is_none_or(|s| !s.starts_with(v.as_str()))),
+        // Every state from `append a` until the next put or delete contains a.
+        // (An empty append still creates an absent key.)
+        KvInput::Append(a) => reads().all(|r| r.is_none_or(|s| !s.contains(a.as_str()))),
+        // From `delete` until the next put or delete the key is absent, then
+        // (after appends) starts with the first of those appends' values.
+        KvInput::Delete => reads().all(|r| {
+            r.is_some_and(|s| {
+                !ops.iter()
+                    .any(|c| matches!(&c.op.input, KvInput::Append(a) if s.starts_with(a.as_str())))
+            })
+        }),
     }
 }
 
@@ -1030,6 +1033,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn counterexample_leaves_out_unrelated_deletes_and_appends() {
+        // Deletes and appends long before a lost append: none belong in it. The
+        // put stays: without it, the read of "v+a" could come from elsewhere.
+        let mut h = Vec::new();
+        for i in 0..20u64 {
+            h.push(del(1, 10 * i, 10 * i + 1));
+            h.push(append(1, &format!("+x{i}"), 10 * i + 2, 10 * i + 3));
+            h.push(get(2, Some(&format!("+x{i}")), 10 * i + 4, 10 * i + 5));
+        }
+        h.push(put(1, "v", 1000, 1001));
+        h.push(append(1, "+a", 1002, 1003));
+        h.push(append(1, "+b", 1004, 1005));
+        h.push(get(2, Some("v+a"), 1006, 1007));
+        let c = cex(&h);
+        assert_eq!(
+            cex_inputs(&c),
+            vec![
+                KvInput::Put("v".into()),
+                KvInput::Append("+a".into()),
+                KvInput::Append("+b".into()),
+                KvInput::Get {
+                    output: Some("v+a".into())
+                }
+            ],
+            "{c}"
+        );
+    }
+
     mod prop {
         use super::*;
         use proptest::prelude::*;
@@ -1081,6 +1113,39 @@ mod tests {
                         prop_assert!(h.contains(&c.op));
                     }
                     prop_assert!(c.minimal);
+                }
+            }
+
+            /// The shrinking steps are sound: each maps a linearizable history
+            /// to a linearizable one, so a non-linearizable result implies a
+            /// non-linearizable original.
+            #[test]
+            fn shrinking_steps_keep_linearizable_histories_linearizable(
+                h in proptest::collection::vec(arb_op(), 0..6),
+                t in 0u64..20,
+            ) {
+                let h: Vec<KvOp> = h.into_iter().filter(relevant).collect();
+                prop_assume!(oracle::linearizable(&h));
+                let as_ops = |s: &[CounterexampleOp]| -> Vec<KvOp> {
+                    s.iter().filter(|c| relevant_in_cex(c)).map(|c| {
+                        let mut o = c.op.clone();
+                        if c.pending_at_cut { o.status = Status::Unknown; o.complete_ns = None; }
+                        o
+                    }).collect()
+                };
+                let cut = cut_at(&h, t);
+                prop_assert!(oracle::linearizable(&as_ops(&cut)), "cut at {}", t);
+                for i in 0..cut.len() {
+                    if droppable(&cut, i) {
+                        let mut rest = cut.clone();
+                        let gone = rest.remove(i);
+                        prop_assert!(oracle::linearizable(&as_ops(&rest)), "dropping {:?}", gone.op.input);
+                    }
+                }
+                for start in 0..cut.len() {
+                    for end in start..=cut.len() {
+                        prop_assert!(oracle::linearizable(&as_ops(&drop_range(&cut, start..end))));
+                    }
                 }
             }
         }
