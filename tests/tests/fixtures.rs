@@ -335,6 +335,17 @@ fn mapreduce_word_count(tc: GoToolchain) {
             .unwrap_or_else(|e| panic!("{tc}: {e}"))
             .assert_success();
     }
+    // The coordinator says DONE on stdout when the last reduce task completes,
+    // before any worker is told "done".
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !coord.stdout_tail(4096).contains("\nDONE ") {
+        assert!(
+            Instant::now() < deadline,
+            "{tc}: no DONE from mrcoord; stdout: {}",
+            coord.stdout_tail(4096)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let report = check_mr(&input, &output).unwrap_or_else(|e| panic!("{tc}: {e}"));
     assert!(report.ok(), "{tc}: {report}");
     assert_eq!(report.input_files, 8);

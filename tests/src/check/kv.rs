@@ -36,6 +36,9 @@ pub struct KvCheckOptions {
     /// Configurations the search may explore for one key before it answers
     /// `Unknown`. Each costs a bitset of the key's ops in memory.
     pub max_steps_per_key: u64,
+    /// Memory the memoized configurations of one search may take; lowers the
+    /// step bound for keys with many ops (`Unknown` past it).
+    pub max_cache_bytes_per_key: u64,
     /// Configurations all the shrinking searches of a failing key may explore
     /// together; when spent, the counterexample found so far is reported with
     /// `minimal: false`.
@@ -46,8 +49,20 @@ impl Default for KvCheckOptions {
     fn default() -> Self {
         KvCheckOptions {
             max_steps_per_key: 1_000_000,
+            max_cache_bytes_per_key: 512 << 20,
             minimize_budget_steps: 2_000_000,
         }
+    }
+}
+
+impl KvCheckOptions {
+    /// The configurations one search over `n_ops` ops may memoize: the step
+    /// bound, lowered so that the cache stays within its byte bound.
+    pub fn step_limit(&self, n_ops: usize) -> u64 {
+        // Per entry: the bitset, its box, the state and the hash table's share.
+        let entry_bytes = (n_ops.div_ceil(64) * 8 + 40) as u64;
+        self.max_steps_per_key
+            .min(self.max_cache_bytes_per_key / entry_bytes)
     }
 }
 
@@ -126,16 +141,19 @@ pub fn check_kv(ops: &[KvOp], opts: &KvCheckOptions) -> KvVerdict {
         total += key_ops.len();
         let mut interner = Interner::default();
         let prepared: Vec<Prepared> = key_ops.iter().map(|o| interner.prepare(o)).collect();
-        match search(&prepared, &mut interner, opts.max_steps_per_key) {
+        let limit = opts.step_limit(prepared.len());
+        match search(&prepared, &mut interner, limit) {
             Outcome::Linearizable => {}
             Outcome::Bound => {
                 if unknown.is_none() {
                     unknown = Some(KvVerdict::Unknown {
                         key: key.to_string(),
                         reason: format!(
-                            "search bound of {} configurations hit on {} ops",
+                            "search bound of {limit} configurations hit on {} ops \
+                             (max_steps_per_key {}, max_cache_bytes_per_key {})",
+                            key_ops.len(),
                             opts.max_steps_per_key,
-                            key_ops.len()
+                            opts.max_cache_bytes_per_key
                         ),
                     });
                 }
@@ -371,7 +389,7 @@ impl Shrinker<'_> {
                 p
             })
             .collect();
-        let limit = self.opts.max_steps_per_key.min(self.budget_left);
+        let limit = self.opts.step_limit(prepared.len()).min(self.budget_left);
         let (outcome, steps) = search_counting(&prepared, &mut self.interner, limit);
         self.budget_left = self.budget_left.saturating_sub(steps);
         if outcome == Outcome::Bound {
@@ -920,6 +938,7 @@ mod tests {
         let opts = KvCheckOptions {
             max_steps_per_key: 10_000,
             minimize_budget_steps: 10_000,
+            ..KvCheckOptions::default()
         };
         match check_kv(&h, &opts) {
             KvVerdict::Unknown { key, reason } => {
@@ -928,6 +947,16 @@ mod tests {
             }
             other => panic!("expected unknown, got {other}"),
         }
+        // The same through the memory bound.
+        let by_bytes = KvCheckOptions {
+            max_cache_bytes_per_key: 48 * 1000,
+            ..KvCheckOptions::default()
+        };
+        assert_eq!(by_bytes.step_limit(25), 1000);
+        assert!(matches!(
+            check_kv(&h, &by_bytes),
+            KvVerdict::Unknown { reason, .. } if reason.contains("bound of 1000 ")
+        ));
         // A definite failure on another key still wins over an unknown.
         h.push(on_key(get(1, Some("x"), 0, 1), "a"));
         assert!(matches!(
@@ -951,6 +980,7 @@ mod tests {
         let opts = KvCheckOptions {
             max_steps_per_key: 20_000,
             minimize_budget_steps: 0,
+            ..KvCheckOptions::default()
         };
         let v = check_kv(&h, &opts);
         assert!(v.is_linearizable(), "{v}");
