@@ -27,14 +27,16 @@ type LoadOptions struct {
 	ValueSize  int // pad written values with '~' and 'x' up to this many bytes
 }
 
-// Values written by the load client (unique per client id and op number n):
+// Values written by the load client (unique per client id and seq, and seqs
+// start at the unix time in ns, so also unique across runs):
 //
-//	put:    "v-<client>-<n>"   append: "+<client>-<n>"
+//	put:    "v-<client>-<seq>"   append: "+<client>-<seq>"
 //
 // optionally padded with "~xxx..." up to -value-size bytes. A stored value is
-// therefore "[v-<c>-<n>[~x*]](+<c>-<n>[~x*])*", which lets a client spot some
+// therefore "[v-<c>-<s>[~x*]](+<c>-<s>[~x*])*", which lets a client spot some
 // wrong answers on its own: malformed values, a token appearing twice (an
-// APPEND applied twice) or a token from this process that was never sent.
+// APPEND applied twice) or a token of one of its client ids with a seq it has
+// not sent yet.
 
 func pad(v string, size int) string {
 	if len(v)+1 >= size {
@@ -46,7 +48,7 @@ func pad(v string, size int) string {
 type tokenKey struct{ c, n uint64 }
 
 // checkValue returns "" if v could have been produced by this workload, else why not.
-// issued(c) reports the highest op number client c has invoked, ok=false for
+// issued(c) reports the highest seq client c has invoked, ok=false for
 // clients not in this process.
 func checkValue(v string, issued func(c uint64) (uint64, bool)) string {
 	parts := strings.Split(v, "+")
@@ -79,7 +81,7 @@ func checkValue(v string, issued func(c uint64) (uint64, bool)) string {
 		}
 		seen[k] = true
 		if max, mine := issued(c); mine && n > max {
-			return fmt.Sprintf("token %d-%d was never sent (client %d is at op %d)", c, n, c, max)
+			return fmt.Sprintf("token %d-%d was never sent (client %d is at seq %d)", c, n, c, max)
 		}
 	}
 	return ""
@@ -106,11 +108,9 @@ func RunLoad(run *loadgen.Run, o LoadOptions) loadgen.Summary {
 		conn := rclient.New(o.Addr, &run.Reconnects)
 		defer conn.Close()
 		seq := seqBase
-		var n uint64
 		for run.Next() {
-			n++
 			seq++
-			issued[i].Store(n)
+			issued[i].Store(seq)
 			key := o.KeyPrefix + strconv.Itoa(rng.Intn(o.Keys))
 			rec := hist.KV{Client: cid, Key: key}
 			var op, args string
@@ -120,10 +120,10 @@ func RunLoad(run *loadgen.Run, o LoadOptions) loadgen.Summary {
 				case w < o.DeleteFrac:
 					rec.Op, op, args = "delete", "DEL", key
 				case w < o.DeleteFrac+o.AppendFrac:
-					v := pad("+"+strconv.FormatUint(cid, 10)+"-"+strconv.FormatUint(n, 10), o.ValueSize)
+					v := pad("+"+strconv.FormatUint(cid, 10)+"-"+strconv.FormatUint(seq, 10), o.ValueSize)
 					rec.Op, rec.Value, op, args = "append", hist.Str(v), "APPEND", key+" "+v
 				default:
-					v := pad("v-"+strconv.FormatUint(cid, 10)+"-"+strconv.FormatUint(n, 10), o.ValueSize)
+					v := pad("v-"+strconv.FormatUint(cid, 10)+"-"+strconv.FormatUint(seq, 10), o.ValueSize)
 					rec.Op, rec.Value, op, args = "put", hist.Str(v), "PUT", key+" "+v
 				}
 			} else {
