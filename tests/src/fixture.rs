@@ -9,7 +9,9 @@
 //!    line on stdout (with a timeout), and kills it when dropped.
 //! 3. [`run_client`] / [`Client::spawn`] run a load client to completion with a
 //!    timeout, capturing its output; a [`Client`] is killed when dropped.
-//! 4. [`temp_dir`] gives a scratch directory removed when dropped.
+//! 4. [`temp_dir`] gives a scratch directory removed when dropped;
+//!    [`wait_until_accepting`] waits for a listener (a restored service prints
+//!    no READY line).
 //!
 //! Environment:
 //! - `CS_SKIP_FIXTURE_BUILD=1`: use what is in `go-fixtures/build/` as it is.
@@ -561,6 +563,23 @@ fn last_bytes(s: &str, max: usize) -> String {
     s[start..].to_string()
 }
 
+/// Polls until a TCP connection to `addr` succeeds (for example a restored
+/// service that prints no new READY line), or `timeout` passes.
+pub fn wait_until_accepting(addr: &str, timeout: Duration) -> std::io::Result<()> {
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+    })?;
+    let until = Instant::now() + timeout;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match std::net::TcpStream::connect_timeout(&sock, left.max(Duration::from_millis(1))) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= until => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// A finished client run.
 #[derive(Debug, Clone)]
 pub struct ClientRun {
@@ -783,6 +802,16 @@ mod tests {
         assert!(r.stderr.contains("progress"));
         let e = run_client(Path::new("sleep"), &["30"], Duration::from_millis(100)).unwrap_err();
         assert!(matches!(e, FixtureError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn waits_for_a_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        wait_until_accepting(&addr, Duration::from_secs(5)).unwrap();
+        drop(l);
+        assert!(wait_until_accepting(&addr, Duration::from_millis(100)).is_err());
+        assert!(wait_until_accepting("nonsense", Duration::from_millis(100)).is_err());
     }
 
     #[test]

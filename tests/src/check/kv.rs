@@ -422,11 +422,18 @@ fn cut_at(ops: &[KvOp], t: u64) -> Vec<CounterexampleOp> {
 }
 
 /// Can `ops[i]` be dropped while keeping "this sub-history is not linearizable"
-/// a proof that the bigger one is not? (See [`KvCounterexample`].)
-fn droppable(ops: &[CounterexampleOp], i: usize) -> bool {
+/// a proof that the bigger one is not? (See [`KvCounterexample`].) Only the ops
+/// with `keep[j]` count as present.
+fn droppable(ops: &[CounterexampleOp], keep: &[bool], i: usize) -> bool {
+    let present = || {
+        ops.iter()
+            .zip(keep)
+            .filter(|(c, k)| **k && relevant_in_cex(c))
+            .map(|(c, _)| &c.op.input)
+    };
     let reads = || {
-        ops.iter().filter_map(|c| match &c.op.input {
-            KvInput::Get { output } if relevant_in_cex(c) => Some(output.as_deref()),
+        present().filter_map(|input| match input {
+            KvInput::Get { output } => Some(output.as_deref()),
             _ => None,
         })
     };
@@ -442,8 +449,8 @@ fn droppable(ops: &[CounterexampleOp], i: usize) -> bool {
         // (after appends) starts with the first of those appends' values.
         KvInput::Delete => reads().all(|r| {
             r.is_some_and(|s| {
-                !ops.iter()
-                    .any(|c| matches!(&c.op.input, KvInput::Append(a) if s.starts_with(a.as_str())))
+                !present()
+                    .any(|input| matches!(input, KvInput::Append(a) if s.starts_with(a.as_str())))
             })
         }),
     }
@@ -460,14 +467,8 @@ fn drop_range(ops: &[CounterexampleOp], range: std::ops::Range<usize>) -> Vec<Co
     }
     for i in range {
         if keep[i] {
-            let rest: Vec<CounterexampleOp> = ops
-                .iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(c, _)| c.clone())
-                .collect();
-            let pos = keep[..i].iter().filter(|k| **k).count();
-            if droppable(&rest, pos) {
+            // Judged with itself present, as it is until dropped.
+            if droppable(ops, &keep, i) {
                 keep[i] = false;
             }
         }
@@ -1165,8 +1166,9 @@ mod tests {
                 };
                 let cut = cut_at(&h, t);
                 prop_assert!(oracle::linearizable(&as_ops(&cut)), "cut at {}", t);
+                let all = vec![true; cut.len()];
                 for i in 0..cut.len() {
-                    if droppable(&cut, i) {
+                    if droppable(&cut, &all, i) {
                         let mut rest = cut.clone();
                         let gone = rest.remove(i);
                         prop_assert!(oracle::linearizable(&as_ops(&rest)), "dropping {:?}", gone.op.input);
