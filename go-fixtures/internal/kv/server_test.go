@@ -382,3 +382,21 @@ func Example_protocol() {
 	// 2 OK
 	// 3 OK vw
 }
+
+// Two runs with the same client ids against the same store: the second must
+// not take the first run's values for wrong answers.
+func TestLoadTwiceSameIDs(t *testing.T) {
+	_, addr := start(t, Options{TickPeriod: -1})
+	for i := 0; i < 2; i++ {
+		run, err := loadgen.NewRun("kvclient", loadgen.Flags{
+			Conns: 2, Ops: 400, OpTimeout: time.Second, ClientIDBase: 1, Seed: int64(i), Quiet: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := RunLoad(run, LoadOptions{Addr: addr, WriteFrac: 0.6, AppendFrac: 0.5, Keys: 5, KeyPrefix: "k"})
+		if sum.Ops != 400 || sum.Errors != 0 || sum.Wrong != 0 {
+			t.Errorf("run %d: %+v", i, sum)
+		}
+	}
+}
