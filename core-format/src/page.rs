@@ -151,7 +151,8 @@ impl<'a> PageRun<'a> {
     pub fn raw(start: u64, data: &'a [u8]) -> Result<Self, Error> {
         let run = PageRun {
             start,
-            npages: (data.len() / PAGE_SIZE) as u32,
+            // Rounded up, so a partial page is reported as a bad length.
+            npages: data.len().div_ceil(PAGE_SIZE).min(u32::MAX as usize) as u32,
             encoding: PageEncoding::Raw,
             data_checksum: data_checksum(data),
             data,

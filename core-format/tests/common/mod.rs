@@ -1,6 +1,8 @@
 //! Sample records shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod strategies;
+
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use core_format::*;
