@@ -1,1 +1,19 @@
-//! CheckSync's host driver library: freeze, capture, encode, restore.
+//! CheckSync's host driver library.
+//!
+//! The modules follow the data's journey: [`freeze`] stops every thread,
+//! [`capture`] reads threads, memory and kernel state into a [`capture::Capture`]
+//! (with [`inject`] running the few syscalls only the target can answer and [`fds`]
+//! classifying descriptors), then the image is written; on the other side the
+//! restorer rebuilds the process with the static stub.
+
+pub mod capture;
+pub mod error;
+pub mod fds;
+pub mod freeze;
+pub mod image;
+pub mod inject;
+pub mod inspect;
+pub mod procfs;
+pub mod restore;
+pub mod run;
+pub mod sys;

@@ -1,5 +1,199 @@
 //! `cs-driver`: the CheckSync command line.
 
-fn main() {
-    println!("cs-driver: run | dump | restore | inspect | primary | backup");
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cs_driver::{capture, image, inspect, restore, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cs-driver",
+    version,
+    about = "CheckSync: checkpoint, replicate and restore an unmodified Go process"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Launch a program under the driver, traced from its first instruction; forwards
+    /// signals and the exit status.
+    Run {
+        /// Program and arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Freeze a running process, capture it into an image, then kill it (default) or
+    /// leave it running.
+    Dump {
+        /// Process to capture (need not be a child of the driver).
+        pid: i32,
+        /// Image file to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Resume the program after the capture instead of killing it.
+        #[arg(long)]
+        leave_running: bool,
+    },
+    /// Start a fresh process from an image and resume the program where it was.
+    Restore {
+        /// Image written by `dump`.
+        image: PathBuf,
+        /// Print the program's pid and exit, leaving it running.
+        #[arg(long)]
+        detach: bool,
+        /// Append the program's stdout to this file instead of the driver's stdout.
+        #[arg(long)]
+        stdout: Option<PathBuf>,
+        /// Append the program's stderr to this file instead of the driver's stderr.
+        #[arg(long)]
+        stderr: Option<PathBuf>,
+        /// Path of cs-restore-stub (default: next to cs-driver, or $CS_RESTORE_STUB).
+        #[arg(long)]
+        stub: Option<PathBuf>,
+    },
+    /// Verify an image and print a readable summary of it.
+    Inspect {
+        /// Image written by `dump`.
+        image: PathBuf,
+        /// Also list every VMA and fd.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    // Children of our children (the restored program's namespace init) are reaped by
+    // us, not by the machine's slow init.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cs-driver: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe and takes integers.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Forward the usual termination and user signals to `pid`.
+fn forward_signals(pid: i32) {
+    FORWARD_TO.store(pid, Ordering::Relaxed);
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: installing an async-signal-safe handler that only calls kill(2).
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run { argv } => {
+            let code = run::run(&argv, forward_signals).context("run")?;
+            Ok(exit_code(code))
+        }
+        Cmd::Dump {
+            pid,
+            output,
+            leave_running,
+        } => {
+            let after = if leave_running {
+                capture::After::Resume
+            } else {
+                capture::After::Kill
+            };
+            let c =
+                capture::capture(pid, after).with_context(|| format!("capturing process {pid}"))?;
+            let stats = image::write_image(&c, &output)
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} stored pages; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2}, fds {:.2}); program {}",
+                c.pid,
+                c.threads.len(),
+                c.vmas.len(),
+                c.npages(),
+                c.fds.len(),
+                output.display(),
+                stats.bytes,
+                stats.pages,
+                ms(c.times.pause),
+                ms(c.times.freeze),
+                ms(c.times.threads),
+                ms(c.times.inject),
+                ms(c.times.memory),
+                ms(c.times.fds),
+                if leave_running { "left running" } else { "killed" },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore {
+            image: path,
+            detach,
+            stdout,
+            stderr,
+            stub,
+        } => {
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let summary = image::read_image(&file, &path.display().to_string())?;
+            let opts = restore::RestoreOptions {
+                stub,
+                stdout,
+                stderr,
+            };
+            let r = restore::restore(&summary.plan, &file, &opts)?;
+            eprintln!(
+                "cs-driver: restored pid {} (host pid {}) from {} in {:.1} ms",
+                summary.plan.pid,
+                r.host_pid,
+                path.display(),
+                ms(r.elapsed)
+            );
+            if detach {
+                println!("{}", r.host_pid);
+                return Ok(ExitCode::SUCCESS);
+            }
+            forward_signals(r.host_pid);
+            Ok(exit_code(r.wait()))
+        }
+        Cmd::Inspect {
+            image: path,
+            verbose,
+        } => {
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let summary = image::read_image(&file, &path.display().to_string())?;
+            print!("{}", inspect::render(&summary, verbose));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

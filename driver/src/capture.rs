@@ -1,0 +1,532 @@
+//! Capturing a frozen process into memory ([`Capture`]), the one input of every
+//! consumer (the image writer today, the replication stream next).
+//!
+//! Order inside the freeze: stop every thread ([`Frozen::freeze`]); read each thread's
+//! registers, XSAVE area and signal mask; inject the queries that only the target can
+//! answer (per-thread `sigaltstack`, `rt_sigaction` for caught signals) through a
+//! scratch page mapped by an injected `mmap` and removed again; then read the
+//! mappings (after the scratch page is gone), the present pages (pagemap) into the
+//! staging buffer, and the fds. Encoding and writing happen after the resume.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+use crate::error::CaptureError;
+use crate::fds::{self, FdCapture};
+use crate::freeze::Frozen;
+use crate::inject::{self, Injector, Restart};
+use crate::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::sys::{self, UserRegs};
+
+pub const PAGE: u64 = 4096;
+
+/// One thread's state.
+#[derive(Clone, Debug)]
+pub struct ThreadCapture {
+    /// Thread id in the driver's pid namespace.
+    pub host_tid: i32,
+    /// Thread id as the program sees it (innermost NSpid).
+    pub tid: i32,
+    pub comm: Vec<u8>,
+    /// Registers exactly as found at the stop.
+    pub regs: UserRegs,
+    pub restart: Restart,
+    pub xsave: Vec<u8>,
+    pub sigmask: u64,
+    pub altstack: (u64, u32, u64),
+}
+
+/// What a mapping is backed by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmaKind {
+    Anonymous,
+    File { path: Vec<u8>, offset: u64 },
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Stack,
+    Heap,
+    Vsyscall,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmaCapture {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u8,
+    pub shared: bool,
+    pub growsdown: bool,
+    /// `MAP_DROPPABLE` (VmFlags `dp`): contents are never stored; restored zeroed, as
+    /// after a fork with wipe-on-fork (Go's vgetrandom state then reseeds).
+    pub droppable: bool,
+    /// Mapped without read access: an address-space reservation, never read.
+    pub reservation: bool,
+    /// MAP_NORESERVE (VmFlags `nr`).
+    pub noreserve: bool,
+    pub kind: VmaKind,
+}
+
+pub const PROT_R: u8 = 1;
+pub const PROT_W: u8 = 2;
+pub const PROT_X: u8 = 4;
+
+/// A run of consecutive present pages whose bytes sit at `offset` in the staging buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageSpan {
+    pub start: u64,
+    pub npages: u64,
+    pub offset: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Timings of the phases of one capture.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureTimes {
+    pub freeze: Duration,
+    pub threads: Duration,
+    pub inject: Duration,
+    pub memory: Duration,
+    pub fds: Duration,
+    /// From the first interrupt to the resume (or kill).
+    pub pause: Duration,
+}
+
+/// Everything captured from one process.
+#[derive(Debug)]
+pub struct Capture {
+    pub host_pid: i32,
+    /// The pid the program sees (innermost NSpid).
+    pub pid: i32,
+    pub threads: Vec<ThreadCapture>,
+    pub vmas: Vec<VmaCapture>,
+    pub spans: Vec<PageSpan>,
+    pub staging: Vec<u8>,
+    /// Signal handlers for 1..=64 (index 0 = signal 1).
+    pub sigactions: Vec<SigAction>,
+    pub fds: Vec<FdCapture>,
+    pub mm: MmLayout,
+    pub auxv: Vec<u8>,
+    pub exe: Vec<u8>,
+    pub cwd: Vec<u8>,
+    pub comm: Vec<u8>,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub xsave_size: u32,
+    pub xcr0: u64,
+    /// The program's CLOCK_MONOTONIC / CLOCK_BOOTTIME at the freeze (its time namespace included).
+    pub monotonic_ns: u64,
+    pub boottime_ns: u64,
+    pub kernel_release: Vec<u8>,
+    pub times: CaptureTimes,
+}
+
+impl Capture {
+    pub fn npages(&self) -> u64 {
+        self.spans.iter().map(|s| s.npages).sum()
+    }
+}
+
+/// What to do with the process after the capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    Resume,
+    Kill,
+}
+
+const SYS_MMAP: u64 = 9;
+const SYS_MUNMAP: u64 = 11;
+const SYS_RT_SIGACTION: u64 = 13;
+const SYS_SIGALTSTACK: u64 = 131;
+
+/// Freezes `pid`, captures it, then resumes or kills it.
+pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
+    let status = procfs::read_status(pid)?;
+    let ns_pid = *status.ns_pid.last().ok_or_else(|| CaptureError::Proc {
+        path: format!("/proc/{pid}/status"),
+        detail: "no NSpid line".into(),
+    })?;
+    let pidfd = sys::pidfd_open(pid).map_err(|e| CaptureError::ProcIo {
+        path: format!("pidfd_open({pid})"),
+        source: e,
+    })?;
+    let (host_xsave, xcr0) = sys::host_xsave_layout();
+    // Process-wide facts that do not change while it runs; read before the freeze.
+    let rd = |what: &str| -> Result<Vec<u8>, CaptureError> {
+        let path = format!("/proc/{pid}/{what}");
+        fs::read_link(&path)
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .map_err(|e| CaptureError::ProcIo { path, source: e })
+    };
+    let exe = rd("exe")?;
+    let cwd = rd("cwd")?;
+    let comm = fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let comm = comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec();
+    let auxv = procfs::read_auxv(pid)?;
+    let rlimits = read_rlimits(pid);
+    let kernel_release = fs::read("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel_release = kernel_release
+        .strip_suffix(b"\n")
+        .unwrap_or(&kernel_release)
+        .to_vec();
+    let t0 = Instant::now();
+    let frozen = Frozen::freeze(pid)?;
+    let mut times = CaptureTimes {
+        freeze: t0.elapsed(),
+        ..Default::default()
+    };
+
+    let t = Instant::now();
+    let mut threads = Vec::with_capacity(frozen.tids.len());
+    for &tid in &frozen.tids {
+        threads.push(capture_thread(pid, tid, host_xsave as usize)?);
+    }
+    times.threads = t.elapsed();
+
+    let t = Instant::now();
+    let maps = procfs::read_maps(pid)?;
+    let vdso = maps
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .map(|m| (m.start, m.end));
+    let injector = Injector::new(pid, vdso)?;
+    let sigactions = inject_queries(&injector, &mut threads, &status)?;
+    times.inject = t.elapsed();
+
+    let t = Instant::now();
+    let maps = procfs::read_maps(pid)?;
+    let mm = procfs::read_mm_layout(pid, &maps)?;
+    let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
+    let (spans, staging) = capture_memory(pid, &maps, &vmas)?;
+    times.memory = t.elapsed();
+
+    let t = Instant::now();
+    let fds = fds::capture_fds(pid, pidfd.as_raw_fd())?;
+    times.fds = t.elapsed();
+
+    let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
+    match after {
+        After::Resume => frozen.resume(),
+        After::Kill => frozen.kill(),
+    }
+    times.pause = t0.elapsed();
+
+    Ok(Capture {
+        host_pid: pid,
+        pid: ns_pid,
+        threads,
+        vmas,
+        spans,
+        staging,
+        sigactions,
+        fds,
+        mm,
+        auxv,
+        exe,
+        cwd,
+        comm,
+        umask: status.umask,
+        rlimits,
+        xsave_size: host_xsave,
+        xcr0,
+        monotonic_ns,
+        boottime_ns,
+        kernel_release,
+        times,
+    })
+}
+
+fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture, CaptureError> {
+    let regs =
+        sys::ptrace_getregs(tid).map_err(CaptureError::ptrace("GETREGSET(NT_PRSTATUS)", tid))?;
+    let mut xsave = vec![0u8; xsave_size.max(4096)];
+    let n = sys::ptrace_get_xstate(tid, &mut xsave)
+        .map_err(CaptureError::ptrace("GETREGSET(NT_X86_XSTATE)", tid))?;
+    if n != xsave_size {
+        return Err(CaptureError::Xsave {
+            tid,
+            got: n,
+            want: xsave_size,
+        });
+    }
+    xsave.truncate(n);
+    let sigmask = sys::ptrace_getsigmask(tid).map_err(CaptureError::ptrace("GETSIGMASK", tid))?;
+    let st = procfs::read_status_task(pid, tid)?;
+    let comm = fs::read(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+    let comm = comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec();
+    Ok(ThreadCapture {
+        host_tid: tid,
+        tid: *st.ns_pid.last().unwrap_or(&tid),
+        comm,
+        restart: inject::restart_kind(&regs),
+        regs,
+        xsave,
+        sigmask,
+        altstack: (0, 0, 0),
+    })
+}
+
+/// Per-thread sigaltstack and the process's signal handlers, by injected syscalls.
+fn inject_queries(
+    inj: &Injector,
+    threads: &mut [ThreadCapture],
+    status: &procfs::Status,
+) -> Result<Vec<SigAction>, CaptureError> {
+    let pid = inj.pid;
+    let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
+    let t0 = first.host_tid;
+    let t0_regs = inject::normalized(&first.regs, first.restart);
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let scratch = inj.syscall(t0, &t0_regs, SYS_MMAP, [0, PAGE, prot, flags, u64::MAX, 0])?;
+    if scratch < 0 {
+        return Err(CaptureError::Inject {
+            tid: t0,
+            nr: SYS_MMAP,
+            detail: format!("mmap scratch: errno {}", -scratch),
+        });
+    }
+    let scratch = scratch as u64;
+    let result = (|| {
+        let mut buf = [0u8; 32];
+        for th in threads.iter_mut() {
+            let regs = inject::normalized(&th.regs, th.restart);
+            let rc = inj.syscall(
+                th.host_tid,
+                &regs,
+                SYS_SIGALTSTACK,
+                [0, scratch, 0, 0, 0, 0],
+            )?;
+            if rc < 0 {
+                return Err(CaptureError::Inject {
+                    tid: th.host_tid,
+                    nr: SYS_SIGALTSTACK,
+                    detail: format!("errno {}", -rc),
+                });
+            }
+            sys::read_remote(pid, &mut buf[..24], &[(scratch, 24)]).map_err(|source| {
+                CaptureError::Memory {
+                    pid,
+                    addr: scratch,
+                    len: 24,
+                    source,
+                }
+            })?;
+            let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+            th.altstack = (w(0), w(8) as u32, w(16));
+        }
+        let mut acts = vec![SigAction::default(); 64];
+        for sig in 1..=64u64 {
+            let bit = 1u64 << (sig - 1);
+            if status.sig_ign & bit != 0 {
+                acts[sig as usize - 1].handler = 1; // SIG_IGN
+            }
+            if status.sig_cgt & bit == 0 {
+                continue;
+            }
+            let rc = inj.syscall(t0, &t0_regs, SYS_RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])?;
+            if rc < 0 {
+                return Err(CaptureError::Inject {
+                    tid: t0,
+                    nr: SYS_RT_SIGACTION,
+                    detail: format!("signal {sig}: errno {}", -rc),
+                });
+            }
+            sys::read_remote(pid, &mut buf, &[(scratch, 32)]).map_err(|source| {
+                CaptureError::Memory {
+                    pid,
+                    addr: scratch,
+                    len: 32,
+                    source,
+                }
+            })?;
+            let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+            acts[sig as usize - 1] = SigAction {
+                handler: w(0),
+                flags: w(8),
+                restorer: w(16),
+                mask: w(24),
+            };
+        }
+        Ok(acts)
+    })();
+    let rc = inj.syscall(t0, &t0_regs, SYS_MUNMAP, [scratch, PAGE, 0, 0, 0, 0])?;
+    if rc < 0 {
+        return Err(CaptureError::Inject {
+            tid: t0,
+            nr: SYS_MUNMAP,
+            detail: format!("munmap scratch: errno {}", -rc),
+        });
+    }
+    result
+}
+
+fn vma_of(m: &MapEntry) -> Result<VmaCapture, CaptureError> {
+    let kind = match m.name.as_str() {
+        "[vdso]" => VmaKind::Vdso,
+        "[vvar]" => VmaKind::Vvar,
+        "[vvar_vclock]" => VmaKind::VvarVclock,
+        "[stack]" => VmaKind::Stack,
+        "[heap]" => VmaKind::Heap,
+        "[vsyscall]" => VmaKind::Vsyscall,
+        n if n.starts_with('/') && m.inode != 0 => VmaKind::File {
+            path: n.as_bytes().to_vec(),
+            offset: m.offset,
+        },
+        _ => VmaKind::Anonymous,
+    };
+    let prot = (if m.read { PROT_R } else { 0 })
+        | (if m.write { PROT_W } else { 0 })
+        | (if m.exec { PROT_X } else { 0 });
+    Ok(VmaCapture {
+        start: m.start,
+        end: m.end,
+        prot,
+        shared: m.shared,
+        growsdown: m.has_flag("gd"),
+        droppable: m.has_flag("dp"),
+        reservation: !m.read && !m.write && !m.exec,
+        noreserve: m.has_flag("nr"),
+        kind,
+    })
+}
+
+/// Whether a mapping's pages are stored in the image.
+pub fn stores_pages(v: &VmaCapture) -> bool {
+    v.prot & PROT_R != 0
+        && !v.droppable
+        && !matches!(
+            v.kind,
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+        )
+}
+
+fn capture_memory(
+    pid: i32,
+    maps: &[MapEntry],
+    vmas: &[VmaCapture],
+) -> Result<(Vec<PageSpan>, Vec<u8>), CaptureError> {
+    let pagemap = Pagemap::open(pid)?;
+    let mut entries = Vec::new();
+    let mut spans: Vec<PageSpan> = Vec::new();
+    let mut total: u64 = 0;
+    for (m, v) in maps.iter().zip(vmas) {
+        if !stores_pages(v) {
+            continue;
+        }
+        if v.shared {
+            return Err(CaptureError::Proc {
+                path: format!("/proc/{pid}/maps"),
+                detail: format!(
+                    "shared mapping {:#x}-{:#x} ({}) is not supported",
+                    m.start, m.end, m.name
+                ),
+            });
+        }
+        let file_backed = matches!(v.kind, VmaKind::File { .. });
+        pagemap.read(m.start, m.end, &mut entries)?;
+        for (i, e) in entries.iter().enumerate() {
+            let keep = (e & (PM_PRESENT | PM_SWAP)) != 0 && !(file_backed && e & PM_FILE != 0);
+            if !keep {
+                continue;
+            }
+            let addr = m.start + i as u64 * PAGE;
+            match spans.last_mut() {
+                Some(s) if s.start + s.npages * PAGE == addr => s.npages += 1,
+                _ => spans.push(PageSpan {
+                    start: addr,
+                    npages: 1,
+                    offset: (total * PAGE) as usize,
+                }),
+            }
+            total += 1;
+        }
+    }
+    let mut staging = vec![0u8; (total * PAGE) as usize];
+    let remote: Vec<(u64, usize)> = spans
+        .iter()
+        .map(|s| (s.start, (s.npages * PAGE) as usize))
+        .collect();
+    sys::read_remote(pid, &mut staging, &remote).map_err(|source| CaptureError::Memory {
+        pid,
+        addr: spans.first().map(|s| s.start).unwrap_or(0),
+        len: staging.len(),
+        source,
+    })?;
+    Ok((spans, staging))
+}
+
+fn read_rlimits(pid: i32) -> Vec<Rlimit> {
+    let mut out = Vec::new();
+    for res in 0..16u32 {
+        let mut old = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit64 writes one rlimit64 into `old`; no new limit is passed.
+        let rc = unsafe {
+            libc::prlimit64(
+                pid,
+                res as libc::__rlimit_resource_t,
+                std::ptr::null(),
+                &mut old,
+            )
+        };
+        if rc == 0 {
+            out.push(Rlimit {
+                resource: res,
+                soft: old.rlim_cur,
+                hard: old.rlim_max,
+            });
+        }
+    }
+    out
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The target's CLOCK_MONOTONIC and CLOCK_BOOTTIME: ours plus its time namespace offsets.
+fn process_clocks(pid: i32) -> Result<(u64, u64), CaptureError> {
+    let path = format!("/proc/{pid}/timens_offsets");
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    let mut off = [0i128; 2];
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 3 {
+            continue;
+        }
+        let v =
+            f[1].parse::<i128>().unwrap_or(0) * 1_000_000_000 + f[2].parse::<i128>().unwrap_or(0);
+        match f[0] {
+            "monotonic" | "1" => off[0] = v,
+            "boottime" | "7" => off[1] = v,
+            _ => {}
+        }
+    }
+    let m = clock_ns(libc::CLOCK_MONOTONIC) as i128 + off[0];
+    let b = clock_ns(libc::CLOCK_BOOTTIME) as i128 + off[1];
+    Ok((m.max(0) as u64, b.max(0) as u64))
+}

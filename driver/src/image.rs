@@ -1,0 +1,741 @@
+//! The checkpoint image file: one full epoch of core-format frames.
+//!
+//! Order written (and required by the stub): EpochBegin, ProcessInfo, VmaTable,
+//! SignalTable, FdTable, ThreadState × n, PageRun × m, EpochCommit. Page runs are
+//! stored raw or as zero runs, so the stub can `pread` page data straight into place.
+//!
+//! Reading maps the file and checks every frame (header and payload checksums, page
+//! run checksums, the epoch digest) and the epoch's semantics with core-format's
+//! validator before anything is restored; any failure names the frame and its offset.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use core_format as cf;
+
+use crate::capture::{Capture, Rlimit, SigAction, VmaCapture, VmaKind, PROT_R, PROT_W, PROT_X};
+use crate::fds::{FdCapture, FdKind, SockFamily};
+use crate::inject::Restart;
+use crate::procfs::{EpollEntry, MmLayout};
+use crate::restore::RestorePlan;
+use crate::sys::UserRegs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: frame at byte offset {offset}: {source}")]
+    Frame {
+        path: String,
+        offset: u64,
+        source: cf::Error,
+    },
+    #[error("{path}: {detail}")]
+    Content { path: String, detail: String },
+    #[error("encoding the image: {0}")]
+    Encode(cf::Error),
+}
+
+/// Sizes written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteStats {
+    pub bytes: u64,
+    pub page_frames: u32,
+    pub pages: u64,
+    pub zero_pages: u64,
+}
+
+fn prot_of(p: u8) -> cf::Prot {
+    cf::Prot::from_bits(p).unwrap_or(cf::Prot::NONE)
+}
+
+fn vma_record<'a>(v: &'a VmaCapture) -> cf::Vma<'a> {
+    let mut flags = cf::VmaFlags::EMPTY;
+    if v.shared {
+        flags = flags | cf::VmaFlags::SHARED;
+    }
+    if v.growsdown {
+        flags = flags | cf::VmaFlags::GROWSDOWN;
+    }
+    if v.droppable {
+        flags = flags | cf::VmaFlags::DROPPABLE | cf::VmaFlags::WIPEONFORK;
+    }
+    if v.reservation {
+        flags = flags | cf::VmaFlags::RESERVATION;
+    }
+    if v.noreserve {
+        flags = flags | cf::VmaFlags::NORESERVE;
+    }
+    let (kind, off, path): (cf::VmaKind, u64, &[u8]) = match &v.kind {
+        VmaKind::Anonymous => (cf::VmaKind::Anonymous, 0, b""),
+        VmaKind::File { path, offset } => (cf::VmaKind::File, *offset, path),
+        VmaKind::Vdso => (cf::VmaKind::Vdso, 0, b""),
+        VmaKind::Vvar => (cf::VmaKind::Vvar, 0, b""),
+        VmaKind::VvarVclock => (cf::VmaKind::VvarVclock, 0, b""),
+        VmaKind::Stack => (cf::VmaKind::Stack, 0, b""),
+        VmaKind::Heap => (cf::VmaKind::Heap, 0, b""),
+        VmaKind::Vsyscall => (cf::VmaKind::Vsyscall, 0, b""),
+    };
+    cf::Vma {
+        start: v.start,
+        end: v.end,
+        prot: prot_of(v.prot),
+        flags,
+        kind,
+        file_offset: off,
+        path,
+    }
+}
+
+fn sockaddr(family: SockFamily, addr: &[u8], port: u16) -> SocketAddr {
+    let ip = match family {
+        SockFamily::Inet => {
+            let a: [u8; 4] = addr.try_into().unwrap_or([0; 4]);
+            IpAddr::V4(Ipv4Addr::from(a))
+        }
+        SockFamily::Inet6 => {
+            let a: [u8; 16] = addr.try_into().unwrap_or([0; 16]);
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn unix_type(t: i32) -> cf::UnixType {
+    match t {
+        libc::SOCK_DGRAM => cf::UnixType::Dgram,
+        libc::SOCK_SEQPACKET => cf::UnixType::SeqPacket,
+        _ => cf::UnixType::Stream,
+    }
+}
+
+fn proto(mptcp: bool) -> cf::InetProtocol {
+    if mptcp {
+        cf::InetProtocol::Mptcp
+    } else {
+        cf::InetProtocol::Tcp
+    }
+}
+
+/// Writes a whole checkpoint as one full epoch.
+pub fn write_image(c: &Capture, path: &Path) -> Result<WriteStats, ImageError> {
+    let io = |e: std::io::Error| ImageError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let file = File::create(path).map_err(io)?;
+    let mut w = BufWriter::with_capacity(8 << 20, file);
+    let stats = encode(c, &mut w)?;
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_data().map_err(io)?;
+    Ok(stats)
+}
+
+/// Encodes a capture as frames into `w`.
+pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError> {
+    let mut stats = WriteStats::default();
+    let mut digest = cf::EpochDigest::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut put =
+        |rec: cf::Record<'_>, w: &mut W, digest: &mut cf::EpochDigest, stats: &mut WriteStats| {
+            buf.resize(rec.buffer_len(), 0);
+            let n = rec.emit_frame(&mut buf).map_err(ImageError::Encode)?;
+            if !matches!(rec, cf::Record::EpochCommit(_)) {
+                let mut h = [0u8; cf::HEADER_LEN];
+                h.copy_from_slice(&buf[..cf::HEADER_LEN]);
+                digest.update(&h);
+            }
+            w.write_all(&buf[..n]).map_err(|e| ImageError::Io {
+                path: "image".into(),
+                source: e,
+            })?;
+            stats.bytes += n as u64;
+            Ok::<(), ImageError>(())
+        };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    put(
+        cf::Record::EpochBegin(cf::EpochBegin {
+            epoch: 1,
+            kind: cf::EpochKind::Full,
+            wall_time_ns: wall,
+        }),
+        w,
+        &mut digest,
+        &mut stats,
+    )?;
+    let mut rl: heapless::Vec<cf::Rlimit, 16> = heapless::Vec::new();
+    for r in c.rlimits.iter().take(16) {
+        let _ = rl.push(cf::Rlimit {
+            resource: r.resource,
+            soft: r.soft,
+            hard: r.hard,
+        });
+    }
+    let m = &c.mm;
+    let info = cf::ProcessInfo {
+        pid: c.pid as u32,
+        arch: cf::Arch::X86_64,
+        page_size: 4096,
+        xsave_size_bytes: c.xsave_size,
+        xcr0: c.xcr0,
+        thread_count: c.threads.len() as u32,
+        umask: c.umask,
+        clock_monotonic_ns: c.monotonic_ns,
+        clock_boottime_ns: c.boottime_ns,
+        mm: cf::MmLayout {
+            start_code: m.start_code,
+            end_code: m.end_code,
+            start_data: m.start_data,
+            end_data: m.end_data,
+            start_brk: m.start_brk,
+            brk: m.brk,
+            start_stack: m.start_stack,
+            arg_start: m.arg_start,
+            arg_end: m.arg_end,
+            env_start: m.env_start,
+            env_end: m.env_end,
+        },
+        rlimits: rl,
+        auxv: &c.auxv[..c.auxv.len().min(1024)],
+        exe_path: &c.exe,
+        cwd_path: &c.cwd,
+        comm: &c.comm[..c.comm.len().min(16)],
+        kernel_release: &c.kernel_release[..c.kernel_release.len().min(64)],
+        go_version: b"",
+    };
+    put(cf::Record::ProcessInfo(info), w, &mut digest, &mut stats)?;
+    let vmas: Vec<cf::Vma<'_>> = c.vmas.iter().map(vma_record).collect();
+    for chunk in vmas.chunks(4096) {
+        put(
+            cf::Record::VmaTable(cf::VmaTable::new(chunk)),
+            w,
+            &mut digest,
+            &mut stats,
+        )?;
+    }
+    let mut acts = [cf::SigAction::DEFAULT; cf::NUM_SIGNALS];
+    for (i, a) in c.sigactions.iter().enumerate().take(cf::NUM_SIGNALS) {
+        acts[i] = cf::SigAction {
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        };
+    }
+    put(
+        cf::Record::SignalTable(cf::SignalTable::new(&acts)),
+        w,
+        &mut digest,
+        &mut stats,
+    )?;
+    let epolls: Vec<Vec<cf::EpollRegistration>> = c
+        .fds
+        .iter()
+        .map(|f| match &f.kind {
+            FdKind::Epoll { entries } => entries
+                .iter()
+                .map(|e| cf::EpollRegistration {
+                    tfd: e.tfd,
+                    events: e.events,
+                    data: e.data,
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let fds: Vec<cf::Fd<'_>> = c
+        .fds
+        .iter()
+        .zip(&epolls)
+        .map(|(f, regs)| cf::Fd {
+            fd: f.fd,
+            fd_flags: if f.cloexec {
+                cf::FdFlags::CLOEXEC
+            } else {
+                cf::FdFlags::EMPTY
+            },
+            status_flags: f.status_flags,
+            kind: match &f.kind {
+                FdKind::Stdio { path } => cf::FdKind::Tty { path },
+                FdKind::Regular { path, offset } => cf::FdKind::RegularFile {
+                    path,
+                    offset: *offset,
+                    mode: 0,
+                },
+                FdKind::Pipe {
+                    id,
+                    write_end,
+                    contents,
+                } => cf::FdKind::Pipe {
+                    pipe_id: *id,
+                    end: if *write_end {
+                        cf::PipeEnd::Write
+                    } else {
+                        cf::PipeEnd::Read
+                    },
+                    buffered: contents,
+                },
+                FdKind::Eventfd { count, semaphore } => cf::FdKind::Eventfd {
+                    count: *count,
+                    semaphore: *semaphore,
+                },
+                FdKind::Epoll { .. } => cf::FdKind::Epoll {
+                    registrations: cf::Table::from_slice(regs),
+                },
+                FdKind::TcpListen {
+                    family,
+                    mptcp,
+                    addr,
+                    port,
+                    backlog,
+                } => cf::FdKind::TcpListen {
+                    addr: sockaddr(*family, addr, *port),
+                    protocol: proto(*mptcp),
+                    backlog: *backlog,
+                    reuseaddr: true,
+                },
+                FdKind::UnixListen { path, sock_type } => cf::FdKind::UnixListen {
+                    path,
+                    socket_type: unix_type(*sock_type),
+                    backlog: 4096,
+                },
+                FdKind::TcpConnected {
+                    family,
+                    mptcp,
+                    local,
+                    peer,
+                } => cf::FdKind::TcpConnected {
+                    local: sockaddr(*family, &local.0, local.1),
+                    peer: sockaddr(*family, &peer.0, peer.1),
+                    protocol: proto(*mptcp),
+                },
+                FdKind::UnixConnected { sock_type } => cf::FdKind::UnixConnected {
+                    socket_type: unix_type(*sock_type),
+                    path: b"",
+                    peer_path: b"",
+                },
+                FdKind::Other { what } => cf::FdKind::Other {
+                    description: &what[..what.len().min(4096)],
+                },
+            },
+        })
+        .collect();
+    put(
+        cf::Record::FdTable(cf::FdTable::new(&fds)),
+        w,
+        &mut digest,
+        &mut stats,
+    )?;
+    for t in &c.threads {
+        let restart = match t.restart {
+            Restart::None => cf::Restart::None,
+            Restart::Restart => cf::Restart::Restart,
+            Restart::Eintr => cf::Restart::Eintr,
+        };
+        let ts = cf::ThreadState {
+            tid: t.tid as u32,
+            comm: &t.comm[..t.comm.len().min(16)],
+            regs: t.regs.to_words(),
+            xsave: &t.xsave,
+            sigmask: t.sigmask,
+            altstack: cf::SigAltStack {
+                sp: t.altstack.0,
+                flags: t.altstack.1,
+                size: t.altstack.2,
+            },
+            restart,
+        };
+        put(cf::Record::ThreadState(ts), w, &mut digest, &mut stats)?;
+    }
+    // Pages: addresses in order, the bytes in the staging buffer in the same order.
+    let mut addrs = Vec::with_capacity(c.npages() as usize);
+    for s in &c.spans {
+        for i in 0..s.npages {
+            addrs.push(s.start + i * 4096);
+        }
+    }
+    let src = cf::StagedPages { data: &c.staging };
+    let mut enc = cf::PageRunEncoder::new(&addrs).map_err(ImageError::Encode)?;
+    let mut out = vec![0u8; 8 << 20];
+    while !enc.is_done() {
+        let p = enc
+            .encode_into_digest(&src, &mut out, &mut digest)
+            .map_err(ImageError::Encode)?;
+        w.write_all(&out[..p.bytes_written])
+            .map_err(|e| ImageError::Io {
+                path: "image".into(),
+                source: e,
+            })?;
+        stats.bytes += p.bytes_written as u64;
+        stats.page_frames += p.frames;
+        stats.pages += u64::from(p.pages);
+    }
+    let commit = digest.commit(1);
+    put(cf::Record::EpochCommit(commit), w, &mut digest, &mut stats)?;
+    Ok(stats)
+}
+
+/// A read-only mapping of an image file.
+pub struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl std::fmt::Debug for Mapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapped").field("len", &self.len).finish()
+    }
+}
+
+impl Mapped {
+    pub fn new(file: &File, path: &str) -> Result<Mapped, ImageError> {
+        let len = file
+            .metadata()
+            .map_err(|e| ImageError::Io {
+                path: path.into(),
+                source: e,
+            })?
+            .len() as usize;
+        if len == 0 {
+            return Err(ImageError::Content {
+                path: path.into(),
+                detail: "the image is empty".into(),
+            });
+        }
+        // SAFETY: a private read-only mapping of a whole regular file we opened; the
+        // slice handed out by `bytes` lives as long as `self`.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(ImageError::Io {
+                path: path.into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the region we mapped; no slice outlives `self`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// What `inspect` and `restore` learn from a verified image.
+#[derive(Debug, Clone)]
+pub struct ImageSummary {
+    pub plan: RestorePlan,
+    pub exe: Vec<u8>,
+    pub comm: Vec<u8>,
+    pub kernel_release: Vec<u8>,
+    pub threads: Vec<(i32, Vec<u8>, UserRegs, Restart)>,
+    pub sigactions: Vec<SigAction>,
+    pub mm: MmLayout,
+    pub page_frames: u64,
+    pub pages_stored: u64,
+    pub pages_zero: u64,
+    pub bytes: u64,
+    pub epoch: u64,
+}
+
+/// Reads and fully verifies an image file.
+pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
+    let map = Mapped::new(file, path)?;
+    let bytes = map.bytes();
+    let frame_err = |offset: usize, source: cf::Error| ImageError::Frame {
+        path: path.into(),
+        offset: offset as u64,
+        source,
+    };
+    let mut validator = cf::CheckpointValidator::new(vec![cf::VmaRange::default(); 1 << 16]);
+    let mut plan = RestorePlan {
+        pid: 0,
+        tids: Vec::new(),
+        xsave_size: 0,
+        xcr0: 0,
+        monotonic_ns: 0,
+        boottime_ns: 0,
+        cwd: Vec::new(),
+        umask: 0,
+        rlimits: Vec::new(),
+        vmas: Vec::new(),
+        fds: Vec::new(),
+    };
+    let mut s = ImageSummary {
+        plan: plan.clone(),
+        exe: Vec::new(),
+        comm: Vec::new(),
+        kernel_release: Vec::new(),
+        threads: Vec::new(),
+        sigactions: Vec::new(),
+        mm: MmLayout::default(),
+        page_frames: 0,
+        pages_stored: 0,
+        pages_zero: 0,
+        bytes: bytes.len() as u64,
+        epoch: 0,
+    };
+    let mut off = 0usize;
+    let mut committed = false;
+    while off < bytes.len() {
+        if committed {
+            return Err(ImageError::Content {
+                path: path.into(),
+                detail: format!(
+                    "{} bytes of trailing data after the epoch commit at offset {off}",
+                    bytes.len() - off
+                ),
+            });
+        }
+        let (frame, len) =
+            cf::parse_frame_with_header(&bytes[off..]).map_err(|e| frame_err(off, e))?;
+        validator.push(&frame).map_err(|e| frame_err(off, e))?;
+        match &frame.record {
+            cf::Record::ProcessInfo(p) => {
+                plan.pid = p.pid as i32;
+                plan.xsave_size = p.xsave_size_bytes;
+                plan.xcr0 = p.xcr0;
+                plan.monotonic_ns = p.clock_monotonic_ns;
+                plan.boottime_ns = p.clock_boottime_ns;
+                plan.cwd = p.cwd_path.to_vec();
+                plan.umask = p.umask;
+                plan.rlimits = p
+                    .rlimits
+                    .iter()
+                    .map(|r| Rlimit {
+                        resource: r.resource,
+                        soft: r.soft,
+                        hard: r.hard,
+                    })
+                    .collect();
+                s.exe = p.exe_path.to_vec();
+                s.comm = p.comm.to_vec();
+                s.kernel_release = p.kernel_release.to_vec();
+                let m = &p.mm;
+                s.mm = MmLayout {
+                    start_code: m.start_code,
+                    end_code: m.end_code,
+                    start_data: m.start_data,
+                    end_data: m.end_data,
+                    start_brk: m.start_brk,
+                    brk: m.brk,
+                    start_stack: m.start_stack,
+                    arg_start: m.arg_start,
+                    arg_end: m.arg_end,
+                    env_start: m.env_start,
+                    env_end: m.env_end,
+                };
+            }
+            cf::Record::VmaTable(t) => {
+                for v in t.vmas.iter() {
+                    plan.vmas.push(vma_from(&v));
+                }
+            }
+            cf::Record::ThreadState(t) => {
+                plan.tids.push(t.tid as i32);
+                let restart = match t.restart {
+                    cf::Restart::None => Restart::None,
+                    cf::Restart::Restart => Restart::Restart,
+                    cf::Restart::Eintr => Restart::Eintr,
+                };
+                s.threads.push((
+                    t.tid as i32,
+                    t.comm.to_vec(),
+                    UserRegs::from_words(&t.regs),
+                    restart,
+                ));
+            }
+            cf::Record::SignalTable(t) => {
+                s.sigactions = t
+                    .iter()
+                    .map(|(_, a)| SigAction {
+                        handler: a.handler,
+                        flags: a.flags,
+                        restorer: a.restorer,
+                        mask: a.mask,
+                    })
+                    .collect();
+            }
+            cf::Record::FdTable(t) => {
+                for f in t.fds.iter() {
+                    plan.fds.push(fd_from(&f));
+                }
+            }
+            cf::Record::PageRun(r) => {
+                s.page_frames += 1;
+                match r.encoding {
+                    cf::PageEncoding::Zero => s.pages_zero += u64::from(r.npages),
+                    cf::PageEncoding::Raw => s.pages_stored += u64::from(r.npages),
+                    cf::PageEncoding::Lz4 => {
+                        return Err(frame_err(
+                            off,
+                            cf::Error::PageRunBadCompression { start: r.start },
+                        ));
+                    }
+                }
+            }
+            cf::Record::EpochBegin(b) => s.epoch = b.epoch,
+            cf::Record::EpochCommit(_) => committed = true,
+            _ => {}
+        }
+        off += len;
+    }
+    validator.finish().map_err(|e| frame_err(off, e))?;
+    if !committed {
+        return Err(ImageError::Content {
+            path: path.into(),
+            detail: "the image ends before its epoch commit".into(),
+        });
+    }
+    s.plan = plan;
+    Ok(s)
+}
+
+fn vma_from(v: &cf::Vma<'_>) -> VmaCapture {
+    let kind = match v.kind {
+        cf::VmaKind::Anonymous => VmaKind::Anonymous,
+        cf::VmaKind::File => VmaKind::File {
+            path: v.path.to_vec(),
+            offset: v.file_offset,
+        },
+        cf::VmaKind::Vdso => VmaKind::Vdso,
+        cf::VmaKind::Vvar => VmaKind::Vvar,
+        cf::VmaKind::VvarVclock => VmaKind::VvarVclock,
+        cf::VmaKind::Stack => VmaKind::Stack,
+        cf::VmaKind::Heap => VmaKind::Heap,
+        cf::VmaKind::Vsyscall => VmaKind::Vsyscall,
+    };
+    let p = v.prot.bits();
+    VmaCapture {
+        start: v.start,
+        end: v.end,
+        prot: p & (PROT_R | PROT_W | PROT_X),
+        shared: v.flags.contains(cf::VmaFlags::SHARED),
+        growsdown: v.flags.contains(cf::VmaFlags::GROWSDOWN),
+        droppable: v.flags.contains(cf::VmaFlags::DROPPABLE),
+        reservation: v.is_reservation(),
+        noreserve: v.flags.contains(cf::VmaFlags::NORESERVE),
+        kind,
+    }
+}
+
+fn addr_parts(a: &SocketAddr) -> (SockFamily, Vec<u8>, u16) {
+    match a {
+        SocketAddr::V4(v) => (SockFamily::Inet, v.ip().octets().to_vec(), v.port()),
+        SocketAddr::V6(v) => (SockFamily::Inet6, v.ip().octets().to_vec(), v.port()),
+    }
+}
+
+fn sock_type(t: cf::UnixType) -> i32 {
+    match t {
+        cf::UnixType::Stream => libc::SOCK_STREAM,
+        cf::UnixType::Dgram => libc::SOCK_DGRAM,
+        cf::UnixType::SeqPacket => libc::SOCK_SEQPACKET,
+    }
+}
+
+fn fd_from(f: &cf::Fd<'_>) -> FdCapture {
+    let kind = match &f.kind {
+        cf::FdKind::Tty { path } => FdKind::Stdio {
+            path: path.to_vec(),
+        },
+        cf::FdKind::RegularFile { path, offset, .. } => FdKind::Regular {
+            path: path.to_vec(),
+            offset: *offset,
+        },
+        cf::FdKind::Pipe {
+            pipe_id,
+            end,
+            buffered,
+        } => FdKind::Pipe {
+            id: *pipe_id,
+            write_end: *end == cf::PipeEnd::Write,
+            contents: buffered.to_vec(),
+        },
+        cf::FdKind::Eventfd { count, semaphore } => FdKind::Eventfd {
+            count: *count,
+            semaphore: *semaphore,
+        },
+        cf::FdKind::Epoll { registrations } => FdKind::Epoll {
+            entries: registrations
+                .iter()
+                .map(|r| EpollEntry {
+                    tfd: r.tfd,
+                    events: r.events,
+                    data: r.data,
+                })
+                .collect(),
+        },
+        cf::FdKind::TcpListen {
+            addr,
+            protocol,
+            backlog,
+            ..
+        } => {
+            let (family, a, port) = addr_parts(addr);
+            FdKind::TcpListen {
+                family,
+                mptcp: *protocol == cf::InetProtocol::Mptcp,
+                addr: a,
+                port,
+                backlog: *backlog,
+            }
+        }
+        cf::FdKind::UnixListen {
+            path, socket_type, ..
+        } => FdKind::UnixListen {
+            path: path.to_vec(),
+            sock_type: sock_type(*socket_type),
+        },
+        cf::FdKind::TcpConnected {
+            local,
+            peer,
+            protocol,
+        } => {
+            let (family, la, lp) = addr_parts(local);
+            let (_, pa, pp) = addr_parts(peer);
+            FdKind::TcpConnected {
+                family,
+                mptcp: *protocol == cf::InetProtocol::Mptcp,
+                local: (la, lp),
+                peer: (pa, pp),
+            }
+        }
+        cf::FdKind::UnixConnected { socket_type, .. } => FdKind::UnixConnected {
+            sock_type: sock_type(*socket_type),
+        },
+        cf::FdKind::Other { description } => FdKind::Other {
+            what: description.to_vec(),
+        },
+    };
+    FdCapture {
+        fd: f.fd,
+        cloexec: f.fd_flags.bits() & 1 != 0,
+        status_flags: f.status_flags,
+        kind,
+    }
+}

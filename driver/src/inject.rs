@@ -1,0 +1,187 @@
+//! Running a syscall inside a frozen thread (what CRIU's compel calls parasite-free
+//! injection): point the thread at a `syscall` instruction already mapped in the
+//! target (found in its `[vdso]`), step it through syscall entry and exit with
+//! `PTRACE_SYSCALL`, read the result, and put its registers back.
+//!
+//! Registers are put back *normalised*: a thread that was stopped inside an
+//! interrupted syscall gets the restart applied (see [`restart_kind`]), because the
+//! kernel's own restart logic does not run again after a syscall-exit stop.
+
+use crate::error::CaptureError;
+use crate::sys::{self, UserRegs, WaitStatus};
+
+/// What happens to a syscall the thread was blocked in when it was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Not in an interrupted syscall.
+    None,
+    /// Re-execute it: `rax = orig_rax`, `rip -= 2`.
+    Restart,
+    /// Report `-EINTR` to the program (the kernel's restart block cannot move).
+    Eintr,
+}
+
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// Classifies the stop state of a thread from its registers.
+pub fn restart_kind(r: &UserRegs) -> Restart {
+    if (r.orig_rax as i64) < 0 {
+        return Restart::None;
+    }
+    match -(r.rax as i64) {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => Restart::Restart,
+        ERESTART_RESTARTBLOCK => Restart::Eintr,
+        _ => Restart::None,
+    }
+}
+
+/// Registers with the restart applied and `orig_rax = -1`, so that resuming them
+/// anywhere (this process or a restored one) does what the kernel would have done.
+pub fn normalized(r: &UserRegs, kind: Restart) -> UserRegs {
+    let mut n = *r;
+    match kind {
+        Restart::None => {}
+        Restart::Restart => {
+            n.rax = r.orig_rax;
+            n.rip = r.rip.wrapping_sub(2);
+        }
+        Restart::Eintr => n.rax = (-(libc::EINTR as i64)) as u64,
+    }
+    n.orig_rax = u64::MAX;
+    n
+}
+
+/// Runs syscalls in stopped threads of one process.
+#[derive(Debug, Clone, Copy)]
+pub struct Injector {
+    pub pid: i32,
+    /// Address of a `0f 05` (`syscall`) byte pair in an executable mapping.
+    pub gadget: u64,
+}
+
+impl Injector {
+    /// Finds a `syscall` instruction in the target's `[vdso]`.
+    pub fn new(pid: i32, vdso: Option<(u64, u64)>) -> Result<Injector, CaptureError> {
+        let (start, end) = vdso.ok_or(CaptureError::NoSyscallGadget { pid })?;
+        let mut buf = vec![0u8; (end - start) as usize];
+        let len = buf.len();
+        sys::read_remote(pid, &mut buf, &[(start, len)]).map_err(|source| {
+            CaptureError::Memory {
+                pid,
+                addr: start,
+                len,
+                source,
+            }
+        })?;
+        let off = buf
+            .windows(2)
+            .position(|w| w == [0x0f, 0x05])
+            .ok_or(CaptureError::NoSyscallGadget { pid })?;
+        Ok(Injector {
+            pid,
+            gadget: start + off as u64,
+        })
+    }
+
+    /// Executes syscall `nr(args)` in stopped thread `tid`; its registers are left as
+    /// `restore_to`. Returns the raw (possibly negative errno) result.
+    pub fn syscall(
+        &self,
+        tid: i32,
+        restore_to: &UserRegs,
+        nr: u64,
+        args: [u64; 6],
+    ) -> Result<i64, CaptureError> {
+        let mut r = *restore_to;
+        r.rax = nr;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        let out = self.step(tid, &r)?;
+        sys::ptrace_setregs(tid, restore_to).map_err(CaptureError::ptrace("SETREGS", tid))?;
+        Ok(out.rax as i64)
+    }
+
+    /// Runs the syscall described by `regs` (number in rax) at the gadget and returns
+    /// the thread's registers at syscall exit, leaving the thread stopped there.
+    pub fn step(&self, tid: i32, regs: &UserRegs) -> Result<UserRegs, CaptureError> {
+        let mut r = *regs;
+        r.orig_rax = u64::MAX;
+        r.rip = self.gadget;
+        sys::ptrace_setregs(tid, &r).map_err(CaptureError::ptrace("SETREGS", tid))?;
+        for phase in ["syscall entry", "syscall exit"] {
+            sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
+            self.wait_syscall_stop(tid, phase, regs.rax)?;
+        }
+        sys::ptrace_getregs(tid).map_err(CaptureError::ptrace("GETREGS", tid))
+    }
+
+    fn wait_syscall_stop(
+        &self,
+        tid: i32,
+        phase: &'static str,
+        nr: u64,
+    ) -> Result<(), CaptureError> {
+        loop {
+            match sys::waitpid(tid, false).map_err(CaptureError::ptrace("waitpid", tid))? {
+                Some(WaitStatus::Stopped(_, sig, 0)) if sig == (libc::SIGTRAP | 0x80) => {
+                    return Ok(())
+                }
+                Some(WaitStatus::Stopped(_, sig, 0)) => {
+                    // A signal arrived for this thread: keep it pending for later by
+                    // not delivering it now would lose it; re-queue it with tgkill.
+                    // SAFETY: tgkill takes three integers.
+                    unsafe { libc::syscall(libc::SYS_tgkill, self.pid, tid, sig) };
+                    sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
+                }
+                Some(WaitStatus::Stopped(_, _, ev)) => {
+                    return Err(CaptureError::Inject {
+                        tid,
+                        nr,
+                        detail: format!("unexpected ptrace event {ev} at {phase}"),
+                    })
+                }
+                Some(other) => {
+                    return Err(CaptureError::Inject {
+                        tid,
+                        nr,
+                        detail: format!("thread ended at {phase}: {other:?}"),
+                    })
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_classification() {
+        let mut r = UserRegs {
+            orig_rax: 202,
+            rax: (-512i64) as u64,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        assert_eq!(restart_kind(&r), Restart::Restart);
+        let n = normalized(&r, Restart::Restart);
+        assert_eq!((n.rax, n.rip, n.orig_rax), (202, 0x1000, u64::MAX));
+        r.rax = (-516i64) as u64;
+        assert_eq!(restart_kind(&r), Restart::Eintr);
+        assert_eq!(normalized(&r, Restart::Eintr).rax as i64, -4);
+        r.orig_rax = u64::MAX;
+        assert_eq!(restart_kind(&r), Restart::None);
+        r.orig_rax = 0;
+        r.rax = 5;
+        assert_eq!(restart_kind(&r), Restart::None);
+    }
+}

@@ -1,0 +1,209 @@
+//! `cs-driver inspect`: a readable summary of a verified image.
+
+use std::fmt::Write;
+
+use crate::capture::{VmaKind, PROT_R, PROT_W, PROT_X};
+use crate::fds::FdKind;
+use crate::image::ImageSummary;
+
+fn size(bytes: u64) -> String {
+    const K: u64 = 1024;
+    if bytes >= K * K * K {
+        format!("{:.1} GiB", bytes as f64 / (K * K * K) as f64)
+    } else if bytes >= K * K {
+        format!("{:.1} MiB", bytes as f64 / (K * K) as f64)
+    } else if bytes >= K {
+        format!("{:.1} KiB", bytes as f64 / K as f64)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn prot(p: u8) -> String {
+    format!(
+        "{}{}{}",
+        if p & PROT_R != 0 { 'r' } else { '-' },
+        if p & PROT_W != 0 { 'w' } else { '-' },
+        if p & PROT_X != 0 { 'x' } else { '-' }
+    )
+}
+
+fn kind(v: &crate::capture::VmaCapture) -> String {
+    let base = match &v.kind {
+        VmaKind::Anonymous if v.reservation => "reservation".to_string(),
+        VmaKind::Anonymous => "anonymous".to_string(),
+        VmaKind::File { path, offset } => {
+            format!("file {} @{offset:#x}", String::from_utf8_lossy(path))
+        }
+        VmaKind::Vdso => "[vdso]".into(),
+        VmaKind::Vvar => "[vvar]".into(),
+        VmaKind::VvarVclock => "[vvar_vclock]".into(),
+        VmaKind::Stack => "[stack]".into(),
+        VmaKind::Heap => "[heap]".into(),
+        VmaKind::Vsyscall => "[vsyscall]".into(),
+    };
+    if v.droppable {
+        format!("{base} (droppable)")
+    } else {
+        base
+    }
+}
+
+fn fd_kind(k: &FdKind) -> String {
+    match k {
+        FdKind::Stdio { path } => format!("stdio ({})", String::from_utf8_lossy(path)),
+        FdKind::Regular { path, offset } => {
+            format!("file {} at offset {offset}", String::from_utf8_lossy(path))
+        }
+        FdKind::Pipe {
+            id,
+            write_end,
+            contents,
+        } => {
+            format!(
+                "pipe {id} {} end, {} bytes buffered",
+                if *write_end { "write" } else { "read" },
+                contents.len()
+            )
+        }
+        FdKind::Eventfd { count, semaphore } => {
+            format!(
+                "eventfd count {count}{}",
+                if *semaphore { " (semaphore)" } else { "" }
+            )
+        }
+        FdKind::Epoll { entries } => format!("epoll with {} registrations", entries.len()),
+        FdKind::TcpListen {
+            mptcp, addr, port, ..
+        } => {
+            let ip = if addr.len() == 4 {
+                std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string()
+            } else {
+                format!("{addr:?}")
+            };
+            format!(
+                "{} listener on {ip}:{port}",
+                if *mptcp { "MPTCP" } else { "TCP" }
+            )
+        }
+        FdKind::UnixListen { path, .. } => {
+            format!("unix listener {}", String::from_utf8_lossy(path))
+        }
+        FdKind::TcpConnected { mptcp, peer, .. } => {
+            format!(
+                "{} connection to port {} (restored as disconnected)",
+                if *mptcp { "MPTCP" } else { "TCP" },
+                peer.1
+            )
+        }
+        FdKind::UnixConnected { .. } => "unix connection (restored as disconnected)".into(),
+        FdKind::Other { what } => format!("UNSUPPORTED: {}", String::from_utf8_lossy(what)),
+    }
+}
+
+/// Renders the summary as text.
+pub fn render(s: &ImageSummary, verbose: bool) -> String {
+    let mut o = String::new();
+    let p = &s.plan;
+    let _ = writeln!(
+        o,
+        "image: {} bytes, epoch {}, all checksums verified",
+        s.bytes, s.epoch
+    );
+    let _ = writeln!(
+        o,
+        "process: pid {} ({}), exe {}, cwd {}, kernel {}",
+        p.pid,
+        String::from_utf8_lossy(&s.comm),
+        String::from_utf8_lossy(&s.exe),
+        String::from_utf8_lossy(&p.cwd),
+        String::from_utf8_lossy(&s.kernel_release)
+    );
+    let _ = writeln!(o, "cpu: XSAVE {} bytes, XCR0 {:#x}", p.xsave_size, p.xcr0);
+    let _ = writeln!(
+        o,
+        "clocks: monotonic {:.3} s, boottime {:.3} s",
+        p.monotonic_ns as f64 / 1e9,
+        p.boottime_ns as f64 / 1e9
+    );
+    let _ = writeln!(o, "threads: {}", s.threads.len());
+    for (tid, comm, regs, restart) in &s.threads {
+        let _ = writeln!(
+            o,
+            "  tid {tid:>7} {:<16} rip {:#014x} rsp {:#014x} syscall-restart {restart:?}",
+            String::from_utf8_lossy(comm),
+            regs.rip,
+            regs.rsp
+        );
+    }
+    let mapped: u64 = p.vmas.iter().map(|v| v.end - v.start).sum();
+    let reserved: u64 = p
+        .vmas
+        .iter()
+        .filter(|v| v.reservation)
+        .map(|v| v.end - v.start)
+        .sum();
+    let _ = writeln!(
+        o,
+        "vmas: {} ({} mapped, of which {} PROT_NONE reservations)",
+        p.vmas.len(),
+        size(mapped),
+        size(reserved)
+    );
+    if verbose {
+        for v in &p.vmas {
+            let _ = writeln!(
+                o,
+                "  {:#014x}-{:#014x} {} {:>10} {}",
+                v.start,
+                v.end,
+                prot(v.prot),
+                size(v.end - v.start),
+                kind(v)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "pages: {} stored ({}), {} zero (not stored), in {} page-run frames",
+        s.pages_stored,
+        size(s.pages_stored * 4096),
+        s.pages_zero,
+        s.page_frames
+    );
+    let _ = writeln!(o, "fds: {}", p.fds.len());
+    for f in &p.fds {
+        let _ = writeln!(
+            o,
+            "  fd {:>4}{} {}",
+            f.fd,
+            if f.cloexec { " cloexec" } else { "        " },
+            fd_kind(&f.kind)
+        );
+    }
+    let handled: Vec<String> = s
+        .sigactions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.handler > 1)
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    let ignored: Vec<String> = s
+        .sigactions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.handler == 1)
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    let _ = writeln!(
+        o,
+        "signals: handled {}; ignored {}",
+        handled.join(","),
+        if ignored.is_empty() {
+            "none".into()
+        } else {
+            ignored.join(",")
+        }
+    );
+    o
+}

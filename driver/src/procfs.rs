@@ -1,0 +1,395 @@
+//! Readers for the `/proc/PID/...` files capture needs: maps with smaps VmFlags,
+//! stat (mm layout), status (signal sets, NSpid), fdinfo, auxv, pagemap.
+//!
+//! Every reader returns an error naming the file and the line it could not parse.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::error::CaptureError;
+
+/// One line of `/proc/PID/maps` plus its smaps `VmFlags`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub inode: u64,
+    /// Path or pseudo-name (`[vdso]`, `[stack]`, ...); empty for anonymous.
+    pub name: String,
+    /// Two-letter smaps VmFlags (`rd`, `wr`, `dp`, `wf`, `gd`, ...).
+    pub vm_flags: Vec<String>,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vm_flags.iter().any(|x| x == f)
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+fn bad(path: &str, line: usize, what: &str) -> CaptureError {
+    CaptureError::Proc {
+        path: path.to_string(),
+        detail: format!("line {line}: {what}"),
+    }
+}
+
+fn read(path: &str) -> Result<String, CaptureError> {
+    fs::read_to_string(path).map_err(|e| CaptureError::ProcIo {
+        path: path.to_string(),
+        source: e,
+    })
+}
+
+/// Parses `/proc/PID/smaps` (a superset of maps, with VmFlags per mapping).
+pub fn read_maps(pid: i32) -> Result<Vec<MapEntry>, CaptureError> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = read(&path)?;
+    parse_smaps(&path, &text)
+}
+
+pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, CaptureError> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let lineno = i + 1;
+        if let Some(rest) = line.strip_prefix("VmFlags:") {
+            let last = out
+                .last_mut()
+                .ok_or_else(|| bad(path, lineno, "VmFlags before any mapping"))?;
+            last.vm_flags = rest.split_whitespace().map(str::to_string).collect();
+            continue;
+        }
+        // A mapping header line starts with "start-end ".
+        let first = line.split_whitespace().next().unwrap_or("");
+        let Some((a, b)) = first.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        // Five space-separated fields, then the name (which may contain spaces).
+        let mut rest = line;
+        let mut fields = [""; 5];
+        for f in fields.iter_mut() {
+            rest = rest.trim_start();
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            *f = &rest[..end];
+            rest = &rest[end..];
+        }
+        let [_range, perms, offset, _dev, inode] = fields;
+        if inode.is_empty() {
+            return Err(bad(path, lineno, "fewer than five fields"));
+        }
+        let name = rest.trim();
+        let pb = perms.as_bytes();
+        if pb.len() < 4 {
+            return Err(bad(path, lineno, "short permissions"));
+        }
+        out.push(MapEntry {
+            start,
+            end,
+            read: pb[0] == b'r',
+            write: pb[1] == b'w',
+            exec: pb[2] == b'x',
+            shared: pb[3] == b's',
+            offset: u64::from_str_radix(offset, 16).map_err(|_| bad(path, lineno, "bad offset"))?,
+            inode: inode.parse().map_err(|_| bad(path, lineno, "bad inode"))?,
+            name: name.to_string(),
+            vm_flags: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// Fields of `/proc/PID/stat` that describe the mm layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmLayout {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+pub fn read_mm_layout(pid: i32, maps: &[MapEntry]) -> Result<MmLayout, CaptureError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = read(&path)?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let close = text.rfind(')').ok_or_else(|| bad(&path, 1, "no ')'"))?;
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // f[0] is field 3 (state); field N is f[N-3].
+    let get = |n: usize| -> Result<u64, CaptureError> {
+        f.get(n - 3)
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| bad(&path, 1, &format!("field {n} missing or not a number")))
+    };
+    let start_brk = get(47)?;
+    let brk = maps
+        .iter()
+        .find(|m| m.name == "[heap]")
+        .map(|m| m.end)
+        .unwrap_or(start_brk);
+    Ok(MmLayout {
+        start_code: get(26)?,
+        end_code: get(27)?,
+        start_stack: get(28)?,
+        start_data: get(45)?,
+        end_data: get(46)?,
+        start_brk,
+        brk,
+        arg_start: get(48)?,
+        arg_end: get(49)?,
+        env_start: get(50)?,
+        env_end: get(51)?,
+    })
+}
+
+/// What capture needs from `/proc/PID/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub sig_cgt: u64,
+    pub sig_ign: u64,
+    pub umask: u32,
+    /// NSpid: the pid in each nested namespace, outermost first.
+    pub ns_pid: Vec<i32>,
+}
+
+pub fn read_status(pid: i32) -> Result<Status, CaptureError> {
+    parse_status_file(&format!("/proc/{pid}/status"))
+}
+
+/// `/proc/PID/task/TID/status`.
+pub fn read_status_task(pid: i32, tid: i32) -> Result<Status, CaptureError> {
+    parse_status_file(&format!("/proc/{pid}/task/{tid}/status"))
+}
+
+fn parse_status_file(path: &str) -> Result<Status, CaptureError> {
+    let path = path.to_string();
+    let text = read(&path)?;
+    let mut st = Status::default();
+    for (i, line) in text.lines().enumerate() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        let hex = || u64::from_str_radix(v, 16).map_err(|_| bad(&path, i + 1, k));
+        match k {
+            "SigCgt" => st.sig_cgt = hex()?,
+            "SigIgn" => st.sig_ign = hex()?,
+            "Umask" => st.umask = u32::from_str_radix(v, 8).map_err(|_| bad(&path, i + 1, k))?,
+            "NSpid" => {
+                st.ns_pid = v
+                    .split_whitespace()
+                    .map(|s| s.parse().map_err(|_| bad(&path, i + 1, k)))
+                    .collect::<Result<_, _>>()?
+            }
+            _ => {}
+        }
+    }
+    Ok(st)
+}
+
+/// Thread ids of a process (as this pid namespace sees them), sorted.
+pub fn list_tids(pid: i32) -> Result<Vec<i32>, CaptureError> {
+    let path = format!("/proc/{pid}/task");
+    let rd = fs::read_dir(&path).map_err(|e| CaptureError::ProcIo {
+        path: path.clone(),
+        source: e,
+    })?;
+    let mut tids = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| CaptureError::ProcIo {
+            path: path.clone(),
+            source: e,
+        })?;
+        if let Some(t) = ent.file_name().to_str().and_then(|s| s.parse().ok()) {
+            tids.push(t);
+        }
+    }
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// `/proc/PID/auxv` raw bytes.
+pub fn read_auxv(pid: i32) -> Result<Vec<u8>, CaptureError> {
+    let path = format!("/proc/{pid}/auxv");
+    fs::read(&path).map_err(|e| CaptureError::ProcIo { path, source: e })
+}
+
+/// One `tfd:` line of an epoll fdinfo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpollEntry {
+    pub tfd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// Parsed `/proc/PID/fdinfo/FD`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FdInfo {
+    pub pos: u64,
+    /// `flags:` in octal: file status flags plus O_CLOEXEC for the descriptor.
+    pub flags: u32,
+    pub epoll: Vec<EpollEntry>,
+    pub eventfd_count: Option<u64>,
+    pub eventfd_semaphore: bool,
+}
+
+pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo, CaptureError> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let text = read(&path)?;
+    parse_fdinfo(&path, &text)
+}
+
+pub fn parse_fdinfo(path: &str, text: &str) -> Result<FdInfo, CaptureError> {
+    let mut info = FdInfo::default();
+    for (i, line) in text.lines().enumerate() {
+        let l = i + 1;
+        if let Some(v) = line.strip_prefix("pos:") {
+            info.pos = v.trim().parse().map_err(|_| bad(path, l, "pos"))?;
+        } else if let Some(v) = line.strip_prefix("flags:") {
+            info.flags = u32::from_str_radix(v.trim(), 8).map_err(|_| bad(path, l, "flags"))?;
+        } else if let Some(v) = line.strip_prefix("eventfd-count:") {
+            info.eventfd_count =
+                Some(u64::from_str_radix(v.trim(), 16).map_err(|_| bad(path, l, "eventfd-count"))?);
+        } else if let Some(v) = line.strip_prefix("eventfd-semaphore:") {
+            info.eventfd_semaphore = v.trim() == "1";
+        } else if line.starts_with("tfd:") {
+            let toks: Vec<&str> = line.split_whitespace().collect();
+            let field = |name: &str| {
+                toks.iter()
+                    .position(|t| *t == name)
+                    .and_then(|p| toks.get(p + 1).copied())
+            };
+            let tfd = field("tfd:")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad(path, l, "tfd"))?;
+            let events = field("events:")
+                .and_then(|s| u32::from_str_radix(s, 16).ok())
+                .ok_or_else(|| bad(path, l, "events"))?;
+            let data = field("data:")
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .ok_or_else(|| bad(path, l, "data"))?;
+            info.epoll.push(EpollEntry { tfd, events, data });
+        }
+    }
+    Ok(info)
+}
+
+/// pagemap bits.
+pub const PM_PRESENT: u64 = 1 << 63;
+pub const PM_SWAP: u64 = 1 << 62;
+pub const PM_FILE: u64 = 1 << 61;
+pub const PM_EXCLUSIVE: u64 = 1 << 56;
+
+/// Open `/proc/PID/pagemap` for repeated reads.
+pub struct Pagemap {
+    file: fs::File,
+    path: String,
+}
+
+impl std::fmt::Debug for Pagemap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pagemap").field("path", &self.path).finish()
+    }
+}
+
+impl Pagemap {
+    pub fn open(pid: i32) -> Result<Self, CaptureError> {
+        let path = format!("/proc/{pid}/pagemap");
+        let file = fs::File::open(&path).map_err(|e| CaptureError::ProcIo {
+            path: path.clone(),
+            source: e,
+        })?;
+        Ok(Pagemap { file, path })
+    }
+
+    /// Reads the entries of pages `[start, end)` into `out` (cleared first).
+    pub fn read(&self, start: u64, end: u64, out: &mut Vec<u64>) -> Result<(), CaptureError> {
+        let n = ((end - start) / 4096) as usize;
+        out.clear();
+        out.resize(n, 0);
+        // SAFETY-free view: reinterpret through a byte buffer.
+        let mut bytes = vec![0u8; n * 8];
+        let mut done = 0;
+        while done < bytes.len() {
+            let got = self
+                .file
+                .read_at(&mut bytes[done..], (start / 4096) * 8 + done as u64)
+                .map_err(|e| CaptureError::ProcIo {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            if got == 0 {
+                return Err(CaptureError::ProcIo {
+                    path: self.path.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("short read at {start:#x}"),
+                    ),
+                });
+            }
+            done += got;
+        }
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+            *o = u64::from_le_bytes(c.try_into().expect("chunks_exact(8)"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_lines() {
+        let t = "00400000-00500000 r-xp 00000000 fe:00 1234 /bin/app\nSize: 4 kB\nVmFlags: rd ex mr mw me\n7f0-7f1 rw-p 00000000 00:00 0 \nVmFlags: rd wr mr mw me nr wf dd dp\n7ffc-7ffd rw-p 00000000 00:00 0                          [stack]\n";
+        let m = parse_smaps("t", t).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].name, "/bin/app");
+        assert!(m[0].exec && !m[0].write);
+        assert!(m[1].has_flag("dp"));
+        assert_eq!(m[1].name, "");
+        assert_eq!(m[2].name, "[stack]");
+    }
+
+    #[test]
+    fn fdinfo_epoll_and_eventfd() {
+        let t = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\ntfd:        7 events:       1d data:             2222  pos:0 ino:1cfb3 sdev:f\ntfd:        6 events: 80000019 data: deadbeef00000001  pos:0 ino:40e sdev:10\n";
+        let i = parse_fdinfo("t", t).unwrap();
+        assert_eq!(i.flags, 0o2000002);
+        assert_eq!(i.epoll.len(), 2);
+        assert_eq!(
+            i.epoll[1],
+            EpollEntry {
+                tfd: 6,
+                events: 0x8000_0019,
+                data: 0xdead_beef_0000_0001
+            }
+        );
+        let e = parse_fdinfo(
+            "t",
+            "pos:\t0\nflags:\t04002\neventfd-count:                a\neventfd-semaphore: 0\n",
+        )
+        .unwrap();
+        assert_eq!(e.eventfd_count, Some(10));
+    }
+}

@@ -1,0 +1,1034 @@
+//! Restoring a process from a verified image.
+//!
+//! ```text
+//! driver ──fork──> A: unshare(NEWTIME|NEWPID), write timens offsets,
+//!   │                 fork ──> B (pid 1 of the new pid + time namespaces), A exits
+//!   │                          B: clone3(set_tid = [pid]) ──> C
+//!   │                             C: dup3 the prepared fds into place, epoll_ctl,
+//!   │                                chdir, umask, rlimits, default signals,
+//!   │                                exec cs-restore-stub IMAGE_FD REPORT_FD
+//!   │                             stub: lays out memory, threads, parks; reports
+//!   │<──────────────── report (gadget, frames, stub extent) ──┘
+//!   └─ ptrace every thread of C: rt_sigreturn at the gadget (registers, XSAVE,
+//!      mask, altstack), munmap the stub from the main thread, detach.
+//! ```
+//!
+//! Everything that can fail on bad input is checked before the first fork: CPU
+//! layout, stub overlap, vDSO layout, fd kinds. Objects the fds need (listening
+//! sockets, eventfds, pipes with contents, files at offsets, epoll instances) are
+//! created in the driver, above every target fd number, and only `dup3`ed into place
+//! in C, where no allocation may happen (the driver may have other threads).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use restore_stub::report::{Phase, Report};
+
+use crate::capture::{Rlimit, VmaCapture, VmaKind};
+use crate::error::CaptureError;
+use crate::fds::{FdCapture, FdKind, SockFamily};
+use crate::inject::Injector;
+use crate::procfs;
+use crate::sys::{self, WaitStatus};
+
+/// What the restorer needs to know about an image before starting the stub.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub pid: i32,
+    pub tids: Vec<i32>,
+    pub xsave_size: u32,
+    pub xcr0: u64,
+    pub monotonic_ns: u64,
+    pub boottime_ns: u64,
+    pub cwd: Vec<u8>,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub vmas: Vec<VmaCapture>,
+    pub fds: Vec<FdCapture>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RestoreOptions {
+    /// Path of `cs-restore-stub`; default: next to the running executable.
+    pub stub: Option<PathBuf>,
+    /// Files for the program's stdout / stderr instead of the driver's.
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("image was taken on another CPU layout: XSAVE {image_size} bytes / XCR0 {image_xcr0:#x}, this machine has {host_size} bytes / XCR0 {host_xcr0:#x}")]
+    CpuMismatch {
+        image_size: u32,
+        image_xcr0: u64,
+        host_size: u32,
+        host_xcr0: u64,
+    },
+    #[error("VMA {start:#x}-{end:#x} overlaps the restore stub's fixed range {stub_start:#x}-{stub_end:#x}")]
+    StubOverlap {
+        start: u64,
+        end: u64,
+        stub_start: u64,
+        stub_end: u64,
+    },
+    #[error("vDSO layout differs: image has {image}, this kernel has {host}")]
+    VdsoMismatch { image: String, host: String },
+    #[error("fd {fd}: {detail}")]
+    Fd { fd: i32, detail: String },
+    #[error("cannot find the restore stub at {path}: {source}")]
+    Stub {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{op} failed: {source}")]
+    Sys { op: String, source: std::io::Error },
+    #[error("the new process failed before the stub ran: {0}")]
+    PreExec(String),
+    #[error("the restore stub failed while {phase} (errno {errno}, at {addr:#x})", phase = phase.describe())]
+    StubFailed { phase: Phase, errno: i64, addr: u64 },
+    #[error("the restore stub sent no usable report ({0})")]
+    NoReport(String),
+    #[error("finishing the threads: {0}")]
+    Finish(#[from] CaptureError),
+}
+
+fn sys_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let op = op.into();
+    move |source| RestoreError::Sys { op, source }
+}
+
+fn last_err(op: &str) -> RestoreError {
+    RestoreError::Sys {
+        op: op.to_string(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// A restored, running process.
+#[derive(Debug)]
+pub struct Restored {
+    /// The program's pid in the driver's namespace.
+    pub host_pid: i32,
+    /// The namespace init process (parent of the program), a child of the driver.
+    pub init_pid: i32,
+    /// From the command's start until the threads were released.
+    pub elapsed: Duration,
+}
+
+impl Restored {
+    /// Waits for the program to end; returns its exit code (128+signal when killed).
+    pub fn wait(&self) -> i32 {
+        loop {
+            match sys::waitpid(self.init_pid, false) {
+                Ok(Some(WaitStatus::Exited(_, c))) => return c,
+                Ok(Some(WaitStatus::Signaled(_, s))) => return 128 + s,
+                Ok(_) => continue,
+                Err(_) => return 255,
+            }
+        }
+    }
+}
+
+/// Checks that the image can be restored on this machine, without side effects.
+pub fn precheck(plan: &RestorePlan) -> Result<(), RestoreError> {
+    let (host_size, host_xcr0) = sys::host_xsave_layout();
+    if plan.xsave_size != host_size || plan.xcr0 != host_xcr0 {
+        return Err(RestoreError::CpuMismatch {
+            image_size: plan.xsave_size,
+            image_xcr0: plan.xcr0,
+            host_size,
+            host_xcr0,
+        });
+    }
+    let stub_start = restore_stub::STUB_BASE;
+    let stub_end = stub_start + restore_stub::STUB_MAX_LEN;
+    for v in &plan.vmas {
+        if v.start < stub_end && v.end > stub_start {
+            return Err(RestoreError::StubOverlap {
+                start: v.start,
+                end: v.end,
+                stub_start,
+                stub_end,
+            });
+        }
+    }
+    // The vDSO block is remapped whole; the sizes of its parts must match ours.
+    let describe = |v: &[(VmaKind, u64)]| {
+        v.iter()
+            .map(|(k, l)| format!("{k:?} {l} B"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let special = |vm: &mut dyn Iterator<Item = (VmaKind, u64, u64)>| {
+        let mut v: Vec<(VmaKind, u64, u64)> = vm
+            .filter(|(k, _, _)| matches!(k, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock))
+            .collect();
+        v.sort_by_key(|x| x.1);
+        v
+    };
+    let image = special(&mut plan.vmas.iter().map(|v| (v.kind.clone(), v.start, v.end)));
+    let own = procfs::read_maps(std::process::id() as i32).map_err(|e| RestoreError::Sys {
+        op: "reading our own maps".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let host = special(&mut own.iter().map(|m| {
+        let k = match m.name.as_str() {
+            "[vdso]" => VmaKind::Vdso,
+            "[vvar]" => VmaKind::Vvar,
+            "[vvar_vclock]" => VmaKind::VvarVclock,
+            _ => VmaKind::Anonymous,
+        };
+        (k, m.start, m.end)
+    }));
+    let shape = |v: &[(VmaKind, u64, u64)]| -> Vec<(VmaKind, u64)> {
+        v.iter().map(|(k, s, e)| (k.clone(), e - s)).collect()
+    };
+    let contiguous = image.windows(2).all(|w| w[0].2 == w[1].1);
+    if shape(&image) != shape(&host) || !contiguous {
+        return Err(RestoreError::VdsoMismatch {
+            image: describe(&shape(&image)),
+            host: describe(&shape(&host)),
+        });
+    }
+    for f in &plan.fds {
+        if let FdKind::Other { what } = &f.kind {
+            return Err(RestoreError::Fd {
+                fd: f.fd,
+                detail: format!(
+                    "cannot restore a descriptor of this kind: {}",
+                    String::from_utf8_lossy(what)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One prepared descriptor: `tmp` (ours, above every target number) goes to `target`.
+#[derive(Debug)]
+struct FdMove {
+    tmp: OwnedFd,
+    target: i32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EpollAdd {
+    epfd: i32,
+    tfd: i32,
+    events: u32,
+    data: u64,
+}
+
+fn cvt(rc: libc::c_int, op: &str) -> Result<RawFd, RestoreError> {
+    if rc < 0 {
+        Err(last_err(op))
+    } else {
+        Ok(rc)
+    }
+}
+
+fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass a descriptor they just created and nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Moves `fd` to a number >= `floor` (close-on-exec) and returns it.
+fn lift(fd: OwnedFd, floor: i32) -> Result<OwnedFd, RestoreError> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd; no memory is involved.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    Ok(own(cvt(n, "fcntl(F_DUPFD_CLOEXEC)")?))
+}
+
+fn set_status_flags(fd: RawFd, flags: u32) -> Result<(), RestoreError> {
+    let settable =
+        (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME)
+            as u32;
+    // SAFETY: fcntl(F_SETFL) with an integer.
+    cvt(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, (flags & settable) as libc::c_int) },
+        "fcntl(F_SETFL)",
+    )
+    .map(drop)
+}
+
+fn sockaddr_for(
+    family: SockFamily,
+    addr: &[u8],
+    port: u16,
+) -> Result<(libc::sockaddr_storage, libc::socklen_t), String> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match family {
+        SockFamily::Inet => {
+            let a: [u8; 4] = addr
+                .try_into()
+                .map_err(|_| format!("IPv4 address of {} bytes", addr.len()))?;
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = port.to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a);
+            Ok((
+                ss,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ))
+        }
+        SockFamily::Inet6 => {
+            let a: [u8; 16] = addr
+                .try_into()
+                .map_err(|_| format!("IPv6 address of {} bytes", addr.len()))?;
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = port.to_be();
+            sin6.sin6_addr.s6_addr = a;
+            Ok((
+                ss,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ))
+        }
+    }
+}
+
+fn listen_tcp(
+    family: SockFamily,
+    mptcp: bool,
+    addr: &[u8],
+    port: u16,
+    backlog: u32,
+) -> Result<OwnedFd, String> {
+    let dom = if family == SockFamily::Inet {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let proto = if mptcp { 262 } else { 0 };
+    // SAFETY: socket(2) with integer arguments.
+    let fd = unsafe { libc::socket(dom, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(format!(
+            "socket({}): {}",
+            if mptcp { "MPTCP" } else { "TCP" },
+            std::io::Error::last_os_error()
+        ));
+    }
+    let fd = own(fd);
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a live c_int for the option value.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            4,
+        )
+    };
+    let (ss, len) = sockaddr_for(family, addr, port)?;
+    // SAFETY: `ss` holds a valid address of `len` bytes.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    } < 0
+    {
+        return Err(format!(
+            "bind to port {port}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: listen(2) with integers.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
+        return Err(format!("listen: {}", std::io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+fn listen_unix(path: &[u8], sock_type: i32) -> Result<OwnedFd, String> {
+    // SAFETY: socket(2) with integer arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, sock_type | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "socket(AF_UNIX): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let fd = own(fd);
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if path.len() >= sun.sun_path.len() {
+        return Err("unix socket path too long".into());
+    }
+    for (d, s) in sun.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    if path.first() != Some(&0) {
+        // A stale socket file from the original process would make bind fail.
+        let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
+    }
+    let len = (2 + path.len()) as libc::socklen_t;
+    // SAFETY: `sun` holds a valid address of `len` bytes.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sun as *const _ as *const libc::sockaddr,
+            len,
+        )
+    } < 0
+    {
+        return Err(format!(
+            "bind to {}: {}",
+            String::from_utf8_lossy(path),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: listen(2) with integers.
+    if unsafe { libc::listen(fd.as_raw_fd(), 4096) } < 0 {
+        return Err(format!("listen: {}", std::io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+/// A connected socket whose peer is gone: the program sees end-of-file and reconnects.
+fn dead_socket() -> Result<OwnedFd, String> {
+    let mut sv = [0 as libc::c_int; 2];
+    // SAFETY: `sv` is a live array of two ints.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
+    }
+    drop(own(sv[1]));
+    Ok(own(sv[0]))
+}
+
+/// Creates every fd object the program had, at numbers above all of its own.
+fn prepare_fds(
+    fds: &[FdCapture],
+    floor: i32,
+) -> Result<(Vec<FdMove>, Vec<EpollAdd>), RestoreError> {
+    let mut moves = Vec::new();
+    let mut adds = Vec::new();
+    let mut pipes: std::collections::HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)> =
+        Default::default();
+    for f in fds {
+        let err = |detail: String| RestoreError::Fd { fd: f.fd, detail };
+        let obj: OwnedFd = match &f.kind {
+            FdKind::Stdio { .. } => continue,
+            FdKind::Regular { path, offset } => {
+                let c = CString::new(path.clone()).map_err(|_| err("path contains NUL".into()))?;
+                let acc = f.status_flags & libc::O_ACCMODE as u32;
+                let flags =
+                    acc as i32 | libc::O_CLOEXEC | (f.status_flags & libc::O_APPEND as u32) as i32;
+                // SAFETY: `c` is a NUL-terminated path.
+                let fd = unsafe { libc::open(c.as_ptr(), flags) };
+                if fd < 0 {
+                    return Err(err(format!(
+                        "reopening {}: {}",
+                        String::from_utf8_lossy(path),
+                        std::io::Error::last_os_error()
+                    )));
+                }
+                let fd = own(fd);
+                // SAFETY: lseek with integers; char devices may refuse, which is fine.
+                unsafe { libc::lseek(fd.as_raw_fd(), *offset as i64, libc::SEEK_SET) };
+                fd
+            }
+            FdKind::Pipe {
+                id,
+                write_end,
+                contents,
+            } => {
+                let e = pipes.entry(*id).or_insert((None, None));
+                if e.0.is_none() && e.1.is_none() {
+                    let mut p = [0 as libc::c_int; 2];
+                    // SAFETY: `p` is a live array of two ints.
+                    cvt(
+                        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
+                        "pipe2",
+                    )?;
+                    let (r, w) = (own(p[0]), own(p[1]));
+                    if !contents.is_empty() {
+                        // SAFETY: fcntl with integers.
+                        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+                        // SAFETY: writing `contents` from a live slice.
+                        let n = unsafe {
+                            libc::write(
+                                w.as_raw_fd(),
+                                contents.as_ptr() as *const libc::c_void,
+                                contents.len(),
+                            )
+                        };
+                        if n != contents.len() as isize {
+                            return Err(err(format!(
+                                "refilling pipe with {} bytes failed",
+                                contents.len()
+                            )));
+                        }
+                    }
+                    *e = (Some(r), Some(w));
+                }
+                let end = if *write_end { &e.1 } else { &e.0 };
+                let end = end
+                    .as_ref()
+                    .ok_or_else(|| err("pipe end used twice".into()))?;
+                end.try_clone().map_err(sys_err("dup pipe end"))?
+            }
+            FdKind::Eventfd { count, semaphore } => {
+                let flags = libc::EFD_CLOEXEC | if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
+                // SAFETY: eventfd(2) with integers; counts above u32 are written below.
+                let fd = own(cvt(unsafe { libc::eventfd(0, flags) }, "eventfd")?);
+                if *count > 0 {
+                    let v = count.to_ne_bytes();
+                    // SAFETY: writing 8 bytes from a live array.
+                    unsafe { libc::write(fd.as_raw_fd(), v.as_ptr() as *const libc::c_void, 8) };
+                }
+                fd
+            }
+            FdKind::Epoll { entries } => {
+                // SAFETY: epoll_create1 with a flag.
+                let fd = own(cvt(
+                    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+                    "epoll_create1",
+                )?);
+                for e in entries {
+                    adds.push(EpollAdd {
+                        epfd: f.fd,
+                        tfd: e.tfd,
+                        events: e.events,
+                        data: e.data,
+                    });
+                }
+                fd
+            }
+            FdKind::TcpListen {
+                family,
+                mptcp,
+                addr,
+                port,
+                backlog,
+            } => listen_tcp(*family, *mptcp, addr, *port, *backlog).map_err(err)?,
+            FdKind::UnixListen { path, sock_type } => listen_unix(path, *sock_type).map_err(err)?,
+            FdKind::TcpConnected { .. } | FdKind::UnixConnected { .. } => {
+                dead_socket().map_err(err)?
+            }
+            FdKind::Other { what } => {
+                return Err(err(format!(
+                    "cannot restore: {}",
+                    String::from_utf8_lossy(what)
+                )));
+            }
+        };
+        set_status_flags(obj.as_raw_fd(), f.status_flags)?;
+        moves.push(FdMove {
+            tmp: lift(obj, floor)?,
+            target: f.fd,
+        });
+    }
+    Ok((moves, adds))
+}
+
+fn stub_path(opts: &RestoreOptions) -> Result<PathBuf, RestoreError> {
+    let p = match &opts.stub {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("CS_RESTORE_STUB") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe()
+                .map_err(sys_err("locating our own executable"))?
+                .with_file_name("cs-restore-stub"),
+        },
+    };
+    std::fs::metadata(&p).map_err(|source| RestoreError::Stub {
+        path: p.clone(),
+        source,
+    })?;
+    Ok(p)
+}
+
+fn now_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+fn offset_line(clock_id: i32, off_ns: i128) -> String {
+    let secs = off_ns.div_euclid(1_000_000_000);
+    let nsecs = off_ns.rem_euclid(1_000_000_000);
+    format!("{clock_id} {secs} {nsecs}\n")
+}
+
+/// Writes `msg` and `errno` to the pre-exec error pipe and exits; async-signal-safe.
+fn child_fail(errfd: RawFd, msg: &'static [u8]) -> ! {
+    let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let eb = e.to_le_bytes();
+    // SAFETY: write(2) from live buffers, then _exit; no allocation.
+    unsafe {
+        libc::write(errfd, eb.as_ptr() as *const libc::c_void, 4);
+        libc::write(errfd, msg.as_ptr() as *const libc::c_void, msg.len());
+        libc::_exit(127);
+    }
+}
+
+/// Starts the restored process and lets it run. `image` is the verified image file.
+pub fn restore(
+    plan: &RestorePlan,
+    image: &File,
+    opts: &RestoreOptions,
+) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    precheck(plan)?;
+    let stub = stub_path(opts)?;
+    let stub_c = CString::new(stub.as_os_str().as_bytes()).map_err(|_| RestoreError::Stub {
+        path: stub.clone(),
+        source: std::io::Error::other("path contains NUL"),
+    })?;
+    let max_fd = plan.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
+    let floor = max_fd + 1;
+    let (moves, adds) = prepare_fds(&plan.fds, floor)?;
+    // Control fds, also above every target number.
+    let image_fd = lift(
+        image.try_clone().map_err(sys_err("dup image"))?.into(),
+        floor,
+    )?;
+    let mut p = [0 as libc::c_int; 2];
+    // SAFETY: `p` is a live array of two ints.
+    cvt(
+        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe2(report)",
+    )?;
+    let (rep_r, rep_w) = (own(p[0]), lift(own(p[1]), floor)?);
+    // SAFETY: as above.
+    cvt(
+        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe2(errors)",
+    )?;
+    let (err_r, err_w) = (own(p[0]), lift(own(p[1]), floor)?);
+    // SAFETY: as above.
+    cvt(
+        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe2(pid)",
+    )?;
+    let (pid_r, pid_w) = (own(p[0]), own(p[1]));
+    let redirect = |p: &Option<PathBuf>| -> Result<Option<OwnedFd>, RestoreError> {
+        match p {
+            None => Ok(None),
+            Some(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(sys_err(format!("opening {}", path.display())))?;
+                Ok(Some(lift(f.into(), floor)?))
+            }
+        }
+    };
+    let out_fd = redirect(&opts.stdout)?;
+    let err_fd = redirect(&opts.stderr)?;
+    let cwd = CString::new(plan.cwd.clone()).unwrap_or_else(|_| CString::new("/").expect("no NUL"));
+    let arg1 = CString::new(image_fd.as_raw_fd().to_string()).expect("digits");
+    let arg2 = CString::new(rep_w.as_raw_fd().to_string()).expect("digits");
+    let argv = [
+        stub_c.as_ptr(),
+        arg1.as_ptr(),
+        arg2.as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let mono = plan.monotonic_ns as i128 - now_ns(libc::CLOCK_MONOTONIC);
+    let boot = plan.boottime_ns as i128 - now_ns(libc::CLOCK_BOOTTIME);
+    let offsets = format!(
+        "{}{}",
+        offset_line(libc::CLOCK_MONOTONIC, mono),
+        offset_line(libc::CLOCK_BOOTTIME, boot)
+    );
+    let timens_path = c"/proc/self/timens_offsets";
+    let set_tid: [libc::pid_t; 1] = [plan.pid];
+    let rlimits: Vec<(u32, libc::rlimit64)> = plan
+        .rlimits
+        .iter()
+        .map(|r| {
+            (
+                r.resource,
+                libc::rlimit64 {
+                    rlim_cur: r.soft,
+                    rlim_max: r.hard,
+                },
+            )
+        })
+        .collect();
+    let (err_w_raw, pid_w_raw) = (err_w.as_raw_fd(), pid_w.as_raw_fd());
+    let rep_r_raw = rep_r.as_raw_fd();
+
+    // SAFETY: fork(2). The child runs only async-signal-safe syscalls on data
+    // prepared above, then execs or _exits.
+    let a = unsafe { libc::fork() };
+    if a < 0 {
+        return Err(last_err("fork"));
+    }
+    if a == 0 {
+        // A: new time and pid namespaces for our children.
+        // SAFETY: unshare/open/write/close/fork/_exit are async-signal-safe syscalls.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWTIME | libc::CLONE_NEWPID) < 0 {
+                child_fail(err_w_raw, b"unshare(CLONE_NEWTIME|CLONE_NEWPID)");
+            }
+            let fd = libc::open(timens_path.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, offsets.as_ptr() as *const libc::c_void, offsets.len()) < 0
+            {
+                child_fail(err_w_raw, b"writing /proc/self/timens_offsets");
+            }
+            libc::close(fd);
+            let b = libc::fork();
+            if b < 0 {
+                child_fail(err_w_raw, b"fork (namespace init)");
+            }
+            if b > 0 {
+                let pb = b.to_le_bytes();
+                libc::write(pid_w_raw, pb.as_ptr() as *const libc::c_void, 4);
+                libc::_exit(0);
+            }
+            // B: pid 1 of the new namespace.
+            let close_in_init = [image_fd.as_raw_fd(), rep_w.as_raw_fd(), rep_r_raw];
+            init_main(
+                &set_tid,
+                &moves,
+                &adds,
+                out_fd.as_ref(),
+                err_fd.as_ref(),
+                &cwd,
+                &rlimits,
+                &argv,
+                &envp,
+                err_w_raw,
+                &close_in_init,
+            )
+        }
+    }
+    drop(pid_w);
+    drop(err_w);
+    drop(rep_w);
+    // Reap A, learn B.
+    let _ = sys::waitpid(a, false);
+    let mut pb = [0u8; 4];
+    let init_pid = match File::from(pid_r).read_exact(&mut pb) {
+        Ok(()) => i32::from_le_bytes(pb),
+        Err(_) => return Err(read_preexec_error(err_r)),
+    };
+    drop(moves);
+    // Wait for the stub's report (or a pre-exec failure, or the child's death).
+    let rep = read_report(File::from(rep_r)).map_err(sys_err("reading the stub's report"))?;
+    if rep.is_empty() {
+        let e = read_preexec_error(err_r);
+        let _ = sys::waitpid(init_pid, false);
+        return Err(e);
+    }
+    let report = Report::parse(&rep).map_err(|e| RestoreError::NoReport(format!("{e:?}")))?;
+    if report.status != 0 {
+        let _ = sys::waitpid(init_pid, false);
+        return Err(RestoreError::StubFailed {
+            phase: Phase::from_raw(report.status),
+            errno: report.errno,
+            addr: report.addr,
+        });
+    }
+    let host_pid = program_pid(init_pid)?;
+    if let Err(e) = finish_threads(host_pid, &report) {
+        // SAFETY: kill(2) with integers: the half-restored program must not run.
+        unsafe { libc::kill(host_pid, libc::SIGKILL) };
+        let _ = sys::waitpid(init_pid, false);
+        return Err(e.into());
+    }
+    Ok(Restored {
+        host_pid,
+        init_pid,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Reads one report: the fixed header, then as many entries as it announces (the
+/// stub does not close the pipe's other copies, so EOF cannot delimit it).
+fn read_report(mut f: File) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; restore_stub::report::HEADER_LEN];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = f.read(&mut buf[got..])?;
+        if n == 0 {
+            buf.truncate(got);
+            return Ok(buf);
+        }
+        got += n;
+    }
+    let n = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    let n = n.min(restore_stub::MAX_THREADS);
+    buf.resize(
+        restore_stub::report::HEADER_LEN + n * restore_stub::report::ENTRY_LEN,
+        0,
+    );
+    f.read_exact(&mut buf[got..])?;
+    Ok(buf)
+}
+
+fn read_preexec_error(err_r: OwnedFd) -> RestoreError {
+    let mut buf = Vec::new();
+    let _ = File::from(err_r).read_to_end(&mut buf);
+    if buf.len() < 4 {
+        return RestoreError::PreExec("the new process exited without a report".into());
+    }
+    let errno = i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    RestoreError::PreExec(format!(
+        "{}: {}",
+        String::from_utf8_lossy(&buf[4..]),
+        std::io::Error::from_raw_os_error(errno)
+    ))
+}
+
+/// Code of the namespace init (B). Never returns.
+#[allow(clippy::too_many_arguments)]
+fn init_main(
+    set_tid: &[libc::pid_t; 1],
+    moves: &[FdMove],
+    adds: &[EpollAdd],
+    out_fd: Option<&OwnedFd>,
+    err_fd: Option<&OwnedFd>,
+    cwd: &CString,
+    rlimits: &[(u32, libc::rlimit64)],
+    argv: &[*const libc::c_char; 4],
+    envp: &[*const libc::c_char; 1],
+    errw: RawFd,
+    close_in_init: &[RawFd],
+) -> ! {
+    // SAFETY: everything below is raw syscalls on data prepared before the fork.
+    unsafe {
+        let mut args: libc::clone_args = std::mem::zeroed();
+        args.exit_signal = libc::SIGCHLD as u64;
+        args.set_tid = set_tid.as_ptr() as u64;
+        args.set_tid_size = 1;
+        let c = libc::syscall(
+            libc::SYS_clone3,
+            &args as *const _,
+            std::mem::size_of::<libc::clone_args>(),
+        );
+        if c < 0 {
+            child_fail(errw, b"clone3 with set_tid (is the pid free?)");
+        }
+        if c == 0 {
+            program_main(moves, adds, out_fd, err_fd, cwd, rlimits, argv, envp, errw);
+        }
+        // Close everything we hold (the driver waits for EOF on some of these),
+        // then reap until the program is gone.
+        for m in moves {
+            libc::close(m.tmp.as_raw_fd());
+        }
+        for &fd in close_in_init {
+            libc::close(fd);
+        }
+        for f in [out_fd, err_fd].into_iter().flatten() {
+            libc::close(f.as_raw_fd());
+        }
+        libc::close(errw);
+        loop {
+            let mut status = 0;
+            let r = libc::waitpid(-1, &mut status, 0);
+            if r < 0 && *libc::__errno_location() == libc::ECHILD {
+                libc::_exit(0);
+            }
+            if r == c as i32 {
+                if libc::WIFEXITED(status) {
+                    libc::_exit(libc::WEXITSTATUS(status));
+                }
+                if libc::WIFSIGNALED(status) {
+                    libc::_exit(128 + libc::WTERMSIG(status));
+                }
+            }
+        }
+    }
+}
+
+/// Code of the program's process (C) before the exec. Never returns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn program_main(
+    moves: &[FdMove],
+    adds: &[EpollAdd],
+    out_fd: Option<&OwnedFd>,
+    err_fd: Option<&OwnedFd>,
+    cwd: &CString,
+    rlimits: &[(u32, libc::rlimit64)],
+    argv: &[*const libc::c_char; 4],
+    envp: &[*const libc::c_char; 1],
+    errw: RawFd,
+) -> ! {
+    // SAFETY: raw syscalls only, on data prepared before the fork.
+    unsafe {
+        // Without O_CLOEXEC even where the program had it: the fds must survive the
+        // exec of the stub, which sets FD_CLOEXEC back from the image's fd table.
+        for m in moves {
+            if libc::dup3(m.tmp.as_raw_fd(), m.target, 0) < 0 {
+                child_fail(errw, b"dup3 of a prepared fd into place");
+            }
+        }
+        for m in moves {
+            libc::close(m.tmp.as_raw_fd());
+        }
+        if let Some(f) = out_fd {
+            libc::dup2(f.as_raw_fd(), 1);
+        }
+        if let Some(f) = err_fd {
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+        for a in adds {
+            let mut ev = libc::epoll_event {
+                events: a.events,
+                u64: a.data,
+            };
+            if libc::epoll_ctl(a.epfd, libc::EPOLL_CTL_ADD, a.tfd, &mut ev) < 0 {
+                child_fail(errw, b"epoll_ctl(ADD) of a checkpointed registration");
+            }
+        }
+        if libc::chdir(cwd.as_ptr()) < 0 {
+            child_fail(errw, b"chdir to the checkpointed working directory");
+        }
+        for (res, lim) in rlimits {
+            // Hard limits cannot be raised here (no CAP_SYS_RESOURCE): keep ours if lower.
+            let mut cur = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::prlimit64(
+                0,
+                *res as libc::__rlimit_resource_t,
+                std::ptr::null(),
+                &mut cur,
+            );
+            let want = libc::rlimit64 {
+                rlim_cur: lim.rlim_cur.min(cur.rlim_max),
+                rlim_max: cur.rlim_max,
+            };
+            libc::prlimit64(
+                0,
+                *res as libc::__rlimit_resource_t,
+                &want,
+                std::ptr::null_mut(),
+            );
+        }
+        // Default dispositions and an empty mask: the stub installs the program's.
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // The stub's two fds must survive the exec.
+        for a in [argv[1], argv[2]] {
+            let mut fd = 0i32;
+            let mut p = a;
+            while *p != 0 {
+                fd = fd * 10 + (*p as u8 - b'0') as i32;
+                p = p.add(1);
+            }
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        }
+        libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+        child_fail(errw, b"exec of the restore stub");
+    }
+}
+
+/// The program's pid in our namespace: the only child of the namespace init.
+fn program_pid(init_pid: i32) -> Result<i32, RestoreError> {
+    let path = format!("/proc/{init_pid}/task/{init_pid}/children");
+    let s = std::fs::read_to_string(&path).map_err(sys_err(format!("reading {path}")))?;
+    s.split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .ok_or_else(|| RestoreError::NoReport(format!("{path} lists no child")))
+}
+
+/// Steps every thread through `rt_sigreturn` at the stub's gadget, unmaps the stub
+/// from the main thread, and lets the program run.
+fn finish_threads(host_pid: i32, report: &Report<'_>) -> Result<(), CaptureError> {
+    let tids = procfs::list_tids(host_pid)?;
+    let mut by_inner = std::collections::HashMap::new();
+    let mut seized = Vec::new();
+    let release = |seized: &[i32]| {
+        for &t in seized {
+            let _ = sys::ptrace_detach(t, 0);
+        }
+    };
+    for &t in &tids {
+        let st = procfs::read_status_task(host_pid, t)?;
+        by_inner.insert(*st.ns_pid.last().unwrap_or(&t), t);
+        sys::ptrace_seize(t, sys::PTRACE_O_TRACESYSGOOD | sys::PTRACE_O_EXITKILL)
+            .map_err(CaptureError::ptrace("SEIZE", t))?;
+        seized.push(t);
+        sys::ptrace_interrupt(t).map_err(CaptureError::ptrace("INTERRUPT", t))?;
+        loop {
+            match sys::waitpid(t, false).map_err(CaptureError::ptrace("waitpid", t))? {
+                Some(WaitStatus::Stopped(_, _, sys::PTRACE_EVENT_STOP)) => break,
+                Some(WaitStatus::Stopped(_, sig, _)) => {
+                    sys::ptrace_cont(t, sig).map_err(CaptureError::ptrace("CONT", t))?;
+                }
+                other => {
+                    return Err(CaptureError::UnexpectedStop {
+                        tid: t,
+                        phase: "restore finish",
+                        detail: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+    }
+    let inj = Injector {
+        pid: host_pid,
+        gadget: report.gadget,
+    };
+    let mut main_regs = None;
+    for (i, (inner, rsp)) in report.threads().enumerate() {
+        let t = *by_inner
+            .get(&(inner as i32))
+            .ok_or(CaptureError::UnexpectedStop {
+                tid: inner as i32,
+                phase: "restore finish",
+                detail: "the stub reported a thread that does not exist".into(),
+            })?;
+        let mut r = sys::ptrace_getregs(t).map_err(CaptureError::ptrace("GETREGS", t))?;
+        r.rax = 15; // rt_sigreturn
+        r.rsp = rsp;
+        let after = inj.step(t, &r)?;
+        if i == 0 {
+            main_regs = Some((t, after));
+        }
+    }
+    let (main, regs) = main_regs.ok_or(CaptureError::ProcessGone { pid: host_pid })?;
+    let len = report.stub_end - report.stub_start;
+    let rc = inj.syscall(main, &regs, 11, [report.stub_start, len, 0, 0, 0, 0])?;
+    if rc != 0 {
+        release(&seized);
+        return Err(CaptureError::Inject {
+            tid: main,
+            nr: 11,
+            detail: format!("munmap of the stub: errno {}", -rc),
+        });
+    }
+    release(&seized);
+    Ok(())
+}
