@@ -66,7 +66,9 @@ pub mod vma;
 mod wire;
 
 pub use control::{Ack, ErrorCode, ErrorFrame, Heartbeat, Hello, MAX_ERROR_DETAIL_BYTES};
-pub use encode::{EncodeProgress, PageRunEncoder, PageSource, StagedPages};
+pub use encode::{
+    max_encoded_len, EncodeProgress, PageRunEncoder, PageSource, RegionPages, StagedPages,
+};
 pub use epoch::{EpochBegin, EpochCommit, EpochDigest, EpochKind};
 pub use error::Error;
 pub use fd::{EpollRegistration, Fd, FdFlags, FdKind, FdTable, InetProtocol, PipeEnd, UnixType};
@@ -76,7 +78,9 @@ pub use header::{
 };
 pub use page::{PageEncoding, PageRun, MAX_RUN_PAGES, PAGE_SIZE};
 pub use process::{Arch, MmLayout, ProcessInfo, Rlimit};
-pub use record::{frames, parse_frame, parse_frame_with_header, Frame, Frames, Record};
+pub use record::{
+    frames, parse_frame, parse_frame_with_header, parse_verified, Frame, Frames, Record,
+};
 pub use signal::{SigAction, SignalTable, NUM_SIGNALS};
 pub use stream::StreamDecoder;
 pub use table::{Table, TableEntry};

@@ -131,8 +131,8 @@ pub fn verify_page_run_payload(payload: &[u8], payload_checksum: u64) -> Result<
     Ok(())
 }
 
-/// Consecutive pages and their contents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Consecutive pages and their contents. `Debug` shows the data's length, not its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRun<'a> {
     /// Address of the first page (page aligned).
     pub start: u64,
@@ -144,6 +144,21 @@ pub struct PageRun<'a> {
     pub data_checksum: u64,
     /// The stored bytes.
     pub data: &'a [u8],
+}
+
+impl core::fmt::Debug for PageRun<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageRun")
+            .field("start", &format_args!("{:#x}", self.start))
+            .field("npages", &self.npages)
+            .field("encoding", &self.encoding)
+            .field(
+                "data_checksum",
+                &format_args!("{:#018x}", self.data_checksum),
+            )
+            .field("data_len_bytes", &self.data.len())
+            .finish()
+    }
 }
 
 impl<'a> PageRun<'a> {
