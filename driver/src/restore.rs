@@ -844,6 +844,10 @@ fn init_main(
         for f in [out_fd, err_fd].into_iter().flatten() {
             libc::close(f.as_raw_fd());
         }
+        // The init needs no stdio; holding the driver's would keep its pipes open.
+        for fd in 0..3 {
+            libc::close(fd);
+        }
         libc::close(errw);
         loop {
             let mut status = 0;
