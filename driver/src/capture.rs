@@ -65,6 +65,11 @@ pub struct VmaCapture {
     pub reservation: bool,
     /// MAP_NORESERVE (VmFlags `nr`).
     pub noreserve: bool,
+    /// madvise state that splits VMAs and must come back: `hg`, `nh`, `dd`, `wf`.
+    pub hugepage: bool,
+    pub nohugepage: bool,
+    pub dontdump: bool,
+    pub wipeonfork: bool,
     pub kind: VmaKind,
 }
 
@@ -402,6 +407,10 @@ fn vma_of(m: &MapEntry) -> Result<VmaCapture, CaptureError> {
         droppable: m.has_flag("dp"),
         reservation: !m.read && !m.write && !m.exec,
         noreserve: m.has_flag("nr"),
+        hugepage: m.has_flag("hg"),
+        nohugepage: m.has_flag("nh"),
+        dontdump: m.has_flag("dd"),
+        wipeonfork: m.has_flag("wf"),
         kind,
     })
 }

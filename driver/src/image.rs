@@ -72,6 +72,16 @@ fn vma_record<'a>(v: &'a VmaCapture) -> cf::Vma<'a> {
     if v.noreserve {
         flags = flags | cf::VmaFlags::NORESERVE;
     }
+    for (on, f) in [
+        (v.hugepage, cf::VmaFlags::HUGEPAGE),
+        (v.nohugepage, cf::VmaFlags::NOHUGEPAGE),
+        (v.dontdump, cf::VmaFlags::DONTDUMP),
+        (v.wipeonfork, cf::VmaFlags::WIPEONFORK),
+    ] {
+        if on {
+            flags = flags | f;
+        }
+    }
     let (kind, off, path): (cf::VmaKind, u64, &[u8]) = match &v.kind {
         VmaKind::Anonymous => (cf::VmaKind::Anonymous, 0, b""),
         VmaKind::File { path, offset } => (cf::VmaKind::File, *offset, path),
@@ -639,6 +649,10 @@ fn vma_from(v: &cf::Vma<'_>) -> VmaCapture {
         droppable: v.flags.contains(cf::VmaFlags::DROPPABLE),
         reservation: v.is_reservation(),
         noreserve: v.flags.contains(cf::VmaFlags::NORESERVE),
+        hugepage: v.flags.contains(cf::VmaFlags::HUGEPAGE),
+        nohugepage: v.flags.contains(cf::VmaFlags::NOHUGEPAGE),
+        dontdump: v.flags.contains(cf::VmaFlags::DONTDUMP),
+        wipeonfork: v.flags.contains(cf::VmaFlags::WIPEONFORK),
         kind,
     }
 }

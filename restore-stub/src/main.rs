@@ -340,6 +340,21 @@ fn map_vma(st: &mut State, v: &core_format::Vma<'_>) -> R<()> {
     if got as u64 != v.start {
         return Err(Fail(Phase::MapVma, -17, v.start));
     }
+    // madvise state that shows in VmFlags (and keeps VMAs apart as in the original).
+    for (flag, advice) in [
+        (VmaFlags::HUGEPAGE, 14usize),
+        (VmaFlags::NOHUGEPAGE, 15),
+        (VmaFlags::DONTDUMP, 16),
+        (VmaFlags::WIPEONFORK, 18),
+    ] {
+        if v.flags.contains(flag)
+            && !(flag == VmaFlags::WIPEONFORK && v.flags.contains(VmaFlags::DROPPABLE))
+        {
+            // SAFETY: madvise on the range we just mapped.
+            let rc = unsafe { syscall3(nr::MADVISE, v.start as usize, len, advice) };
+            check(rc, Phase::MapVma, v.start)?;
+        }
+    }
     if st.nvmas >= MAX_VMAS {
         return Err(Fail(Phase::TooManyVmas, 0, st.nvmas as u64));
     }

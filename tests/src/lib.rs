@@ -3,4 +3,5 @@
 //! outside ([`check`]). The `cs-check` binary is the checkers' command line.
 
 pub mod check;
+pub mod driver;
 pub mod fixture;

@@ -1,0 +1,175 @@
+//! Checkpoint and restore of the kvstore fixture on one host, with the real
+//! `cs-driver dump` / `cs-driver restore` (issue 4, acceptance test 1), for both Go
+//! toolchains.
+//!
+//! What it does not prove: that a process with client connections open at the
+//! dump gets them back (they come back disconnected by design), that a second
+//! machine would accept the image, or anything about replication.
+
+use std::time::{Duration, Instant};
+
+use cs_tests::check::preload::verify_preload;
+use cs_tests::driver::{self, maps, seen_tids};
+use cs_tests::fixture::{
+    fixture_bin, run_client, temp_dir, wait_until_accepting, GoToolchain, Service,
+};
+
+const PRELOAD_MIB: u64 = 64;
+
+fn kv(tc: GoToolchain, addr: &str, cmd: &str) -> String {
+    let run = run_client(
+        &fixture_bin(tc, "kvclient"),
+        &["-addr", addr, "-cmd", cmd],
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("kvclient -cmd {cmd:?}: {e}"));
+    run.assert_success();
+    run.stdout.trim().to_string()
+}
+
+fn tick_count(tc: GoToolchain, addr: &str) -> u64 {
+    let v = kv(tc, addr, "GET tick");
+    v.split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad tick value {v:?}"))
+}
+
+/// The mappings that describe the program (the vsyscall page is the kernel's).
+fn program_maps(pid: u32) -> Vec<(u64, u64, String)> {
+    maps(pid)
+        .into_iter()
+        .filter(|m| m.3 != "[vsyscall]")
+        .map(|(a, b, p, _)| (a, b, p))
+        .collect()
+}
+
+fn dump_and_restore(tc: GoToolchain) {
+    let dir = temp_dir("cs-dump-restore");
+    let store = Service::start(
+        &fixture_bin(tc, "kvstore"),
+        &[
+            "-addr",
+            "127.0.0.1:0",
+            "-preload-mib",
+            &PRELOAD_MIB.to_string(),
+            "-tick",
+            "100ms",
+        ],
+    )
+    .expect("start kvstore");
+    let addr = store.addr().to_string();
+    let pid = store.pid();
+    for i in 0..5 {
+        kv(tc, &addr, &format!("PUT marker{i} value-{i}"));
+    }
+    // Let the ticker run a little so its pace can be compared.
+    std::thread::sleep(Duration::from_millis(300));
+    let ticks_before = tick_count(tc, &addr);
+    let tids_before = seen_tids(pid);
+    let maps_before = program_maps(pid);
+    let image = dir.path().join("kv.img");
+    let t = Instant::now();
+    driver::dump(pid, &image, false);
+    let restored = driver::restore_detached(&image, dir.path()).expect("restore");
+    let restore_done = t.elapsed();
+    let maps_after = program_maps(restored.pid);
+    let tids_after = seen_tids(restored.pid);
+    drop(store);
+
+    // Identity: the pid and every tid the program saw before are the ones it sees now.
+    assert!(
+        tids_after.contains(&(pid as i32)),
+        "pid {pid} not among restored tids {tids_after:?}"
+    );
+    for t in &tids_before {
+        assert!(
+            tids_after.contains(t),
+            "tid {t} missing after restore: before {tids_before:?}, after {tids_after:?}"
+        );
+    }
+    // Address space: same addresses and permissions, nothing extra (no stub left).
+    assert_eq!(
+        maps_after,
+        maps_before,
+        "restored /proc/PID/maps differs from the original\nstderr:\n{}",
+        restored.stderr_tail()
+    );
+    wait_until_accepting(&addr, Duration::from_secs(10))
+        .expect("restored kvstore accepts connections");
+
+    // Clock continuity: no stall and no burst of catch-up ticks.
+    let ticks_after = tick_count(tc, &addr);
+    let elapsed_ticks = (restore_done.as_millis() / 100) as u64 + 5;
+    assert!(
+        ticks_after >= ticks_before && ticks_after <= ticks_before + elapsed_ticks,
+        "tick count jumped from {ticks_before} to {ticks_after} across a {restore_done:?} dump+restore"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks_later = tick_count(tc, &addr);
+    let pace = ticks_later - ticks_after;
+    assert!(
+        (7..=13).contains(&pace),
+        "ticker made {pace} ticks in 1 s after restore (want ~10)"
+    );
+
+    // State: markers, every preloaded value.
+    for i in 0..5 {
+        let v = kv(tc, &addr, &format!("GET marker{i}"));
+        assert!(v.contains(&format!("value-{i}")), "marker{i} = {v:?}");
+    }
+    let rep = verify_preload(&addr, PRELOAD_MIB, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("preloaded values not intact after restore: {e}"));
+    assert!(
+        rep.keys > 20_000,
+        "only {} preloaded keys checked",
+        rep.keys
+    );
+
+    // The runtime works: a heavy allocation forcing GC, crypto/rand, new clients.
+    let alloc = kv(tc, &addr, "ALLOC 256");
+    assert!(alloc.contains("num_gc"), "ALLOC answered {alloc:?}");
+    let r1 = kv(tc, &addr, "RAND 16");
+    let r2 = kv(tc, &addr, "RAND 16");
+    assert!(
+        r1.len() >= 32 && r1 != r2,
+        "crypto/rand answered {r1:?} then {r2:?}"
+    );
+    let load = run_client(
+        &fixture_bin(tc, "kvclient"),
+        &[
+            "-addr",
+            &addr,
+            "-conns",
+            "4",
+            "-duration",
+            "1s",
+            "-client-id-base",
+            "5000",
+        ],
+        Duration::from_secs(60),
+    )
+    .expect("kvclient load");
+    load.assert_success();
+    let s = load.summary().expect("summary");
+    assert!(
+        s["ops"].as_u64().unwrap_or(0) > 100,
+        "few ops after restore: {s}"
+    );
+    assert_eq!(s["wrong"], 0, "wrong answers after restore: {s}");
+    assert!(
+        restored.alive(),
+        "restored kvstore died:\n{}",
+        restored.stderr_tail()
+    );
+}
+
+#[test]
+fn kvstore_dump_restore_go127() {
+    dump_and_restore(GoToolchain::Go127);
+}
+
+#[test]
+fn kvstore_dump_restore_go119() {
+    dump_and_restore(GoToolchain::Go119);
+}
