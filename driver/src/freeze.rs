@@ -86,8 +86,9 @@ impl Frozen {
                             .map_err(CaptureError::ptrace("GETEVENTMSG", t))?
                             as i32;
                         // Auto-attached by PTRACE_O_TRACECLONE; it reports its own stop.
-                        if !threads.contains_key(&child) {
-                            threads.insert(child, false);
+                        if let std::collections::btree_map::Entry::Vacant(e) = threads.entry(child)
+                        {
+                            e.insert(false);
                             guard.tids.push(child);
                         }
                         sys::ptrace_cont(t, 0).map_err(CaptureError::ptrace("CONT", t))?;

@@ -238,6 +238,14 @@ fn own(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// A close-on-exec pipe (read end, write end).
+fn pipe_cloexec(op: &str) -> Result<(OwnedFd, OwnedFd), RestoreError> {
+    let mut p = [0 as libc::c_int; 2];
+    // SAFETY: `p` is a live array of two ints for pipe2 to fill.
+    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, op)?;
+    Ok((own(p[0]), own(p[1])))
+}
+
 /// Moves `fd` to a number >= `floor` (close-on-exec) and returns it.
 fn lift(fd: OwnedFd, floor: i32) -> Result<OwnedFd, RestoreError> {
     // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd; no memory is involved.
@@ -456,13 +464,7 @@ fn prepare_fds(
             } => {
                 let e = pipes.entry(*id).or_insert((None, None));
                 if e.0.is_none() && e.1.is_none() {
-                    let mut p = [0 as libc::c_int; 2];
-                    // SAFETY: `p` is a live array of two ints.
-                    cvt(
-                        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
-                        "pipe2",
-                    )?;
-                    let (r, w) = (own(p[0]), own(p[1]));
+                    let (r, w) = pipe_cloexec("pipe2")?;
                     if !contents.is_empty() {
                         // SAFETY: fcntl with integers.
                         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
@@ -609,25 +611,11 @@ pub fn restore(
         image.try_clone().map_err(sys_err("dup image"))?.into(),
         floor,
     )?;
-    let mut p = [0 as libc::c_int; 2];
-    // SAFETY: `p` is a live array of two ints.
-    cvt(
-        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
-        "pipe2(report)",
-    )?;
-    let (rep_r, rep_w) = (own(p[0]), lift(own(p[1]), floor)?);
-    // SAFETY: as above.
-    cvt(
-        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
-        "pipe2(errors)",
-    )?;
-    let (err_r, err_w) = (own(p[0]), lift(own(p[1]), floor)?);
-    // SAFETY: as above.
-    cvt(
-        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
-        "pipe2(pid)",
-    )?;
-    let (pid_r, pid_w) = (own(p[0]), own(p[1]));
+    let (rep_r, rep_w) = pipe_cloexec("pipe2(report)")?;
+    let rep_w = lift(rep_w, floor)?;
+    let (err_r, err_w) = pipe_cloexec("pipe2(errors)")?;
+    let err_w = lift(err_w, floor)?;
+    let (pid_r, pid_w) = pipe_cloexec("pipe2(pid)")?;
     let redirect = |p: &Option<PathBuf>| -> Result<Option<OwnedFd>, RestoreError> {
         match p {
             None => Ok(None),

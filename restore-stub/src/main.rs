@@ -301,7 +301,7 @@ fn map_vma(st: &mut State, v: &core_format::Vma<'_>) -> R<()> {
             syscall3(
                 nr::OPEN,
                 path.as_ptr() as usize,
-                0 /* O_RDONLY */ | 0o2000000,
+                0o2000000, /* O_RDONLY | O_CLOEXEC */
                 0,
             )
         };

@@ -117,7 +117,7 @@ pub fn restarted(regs: &[u64; 27], restart: Restart) -> [u64; 27] {
 /// Writes the frame for `t` into `out`, which will live at address `base`.
 /// Returns the `rsp` to run `rt_sigreturn` with (`base + 8`).
 pub fn build(out: &mut [u8], base: u64, t: &ThreadInput<'_>) -> Result<u64, FrameError> {
-    if base % 64 != 0 {
+    if !base.is_multiple_of(64) {
         return Err(FrameError::Unaligned);
     }
     if t.xsave.len() < 576 {
