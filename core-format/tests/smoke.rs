@@ -37,19 +37,31 @@ fn epoch_stream_validates_and_decodes_byte_by_byte() {
     assert_eq!(got, want);
 }
 
-/// Writes the fuzz seed corpus: `CS_WRITE_FUZZ_SEEDS=1 cargo test -p core-format
-/// --test smoke -- --ignored`. Seeds are whole frames (for the frame walker and the
-/// stream) and `kind byte + payload` inputs (for the payload parsers).
+/// The committed fuzz seed corpus is exactly what the current encoder produces
+/// (regenerate with `CS_WRITE_FUZZ_SEEDS=1 cargo test -p core-format --test smoke`).
+/// Seeds are whole frames (for the frame walker and the stream) and `kind byte +
+/// payload` inputs (for the payload parsers).
 #[test]
-#[ignore]
-fn write_fuzz_seeds() {
-    if std::env::var_os("CS_WRITE_FUZZ_SEEDS").is_none() {
-        return;
-    }
+fn fuzz_seeds_are_current() {
+    let write = std::env::var_os("CS_WRITE_FUZZ_SEEDS").is_some();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/format");
-    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: String, bytes: &[u8]| {
+        let path = dir.join(&name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            let committed = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("fuzz seed {name} missing ({e}); regenerate with CS_WRITE_FUZZ_SEEDS=1")
+            });
+            assert_eq!(
+                committed, bytes,
+                "fuzz seed {name} is stale; regenerate with CS_WRITE_FUZZ_SEEDS=1"
+            );
+        }
+    };
     for (i, frame) in common::one_of_each().iter().enumerate() {
-        std::fs::write(dir.join(format!("seed-frame-{i:02}")), frame).unwrap();
+        check(format!("seed-frame-{i:02}"), frame);
         let (record, _) = parse_frame(frame).unwrap();
         let sel = FrameKind::ALL
             .iter()
@@ -57,29 +69,16 @@ fn write_fuzz_seeds() {
             .unwrap() as u8;
         let mut payload = vec![sel];
         payload.extend_from_slice(&frame[HEADER_LEN..]);
-        std::fs::write(dir.join(format!("seed-payload-{i:02}")), payload).unwrap();
+        check(format!("seed-payload-{i:02}"), &payload);
     }
-    std::fs::write(dir.join("seed-epoch"), common::epoch_stream(3)).unwrap();
+    check("seed-epoch".to_string(), &common::epoch_stream(3));
     let (lz4, _) = lz4_run_frame();
-    std::fs::write(dir.join("seed-frame-lz4"), &lz4).unwrap();
+    check("seed-frame-lz4".to_string(), &lz4);
     let mut payload = vec![2u8]; // FrameKind::ALL[2] = PageRun
     payload.extend_from_slice(&lz4[HEADER_LEN..]);
-    std::fs::write(dir.join("seed-payload-lz4"), payload).unwrap();
+    check("seed-payload-lz4".to_string(), &payload);
     let zero = common::frame_bytes(&Record::PageRun(PageRun::zero(0x10000, 7).unwrap()));
-    std::fs::write(dir.join("seed-frame-zero"), zero).unwrap();
-}
-
-#[test]
-#[ignore]
-fn print_zero_run_frame() {
-    let b = common::frame_bytes(&Record::PageRun(PageRun::zero(0x402000, 3).unwrap()));
-    for (i, l) in b.chunks(16).enumerate() {
-        print!("{:08x}:", i * 16);
-        for x in l {
-            print!(" {x:02x}");
-        }
-        println!();
-    }
+    check("seed-frame-zero".to_string(), &zero);
 }
 
 /// A two-page LZ4 run frame over compressible pages, and those pages.

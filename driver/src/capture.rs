@@ -21,6 +21,8 @@ use crate::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_S
 use crate::sys::{self, UserRegs};
 
 pub const PAGE: u64 = 4096;
+/// Scratch space per thread for its safety frame (XSAVE areas reach ~11 KiB with AMX).
+const FRAME_SLOT: u64 = 16 << 10;
 
 /// One thread's state.
 #[derive(Clone, Debug)]
@@ -287,6 +289,15 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
 }
 
 /// Per-thread sigaltstack and the process's signal handlers, by injected syscalls.
+///
+/// Safe against the driver dying: except for the scratch `mmap` and `munmap`
+/// themselves (two single syscalls at the vDSO gadget), every injected syscall runs
+/// at a trampoline in the scratch mapping, `syscall; mov eax, 15; syscall`, with rsp
+/// at an `rt_sigframe` holding the thread's own state. The driver normally stops the
+/// thread at the first syscall's exit and puts its registers back; if the driver was
+/// killed instead, the thread runs on into `rt_sigreturn` and resumes exactly where
+/// it was frozen. The sigaltstack query writes its answer straight into the frame's
+/// `uc_stack`, so the frame is right before it is ever needed.
 fn inject_queries(
     inj: &Injector,
     threads: &mut [ThreadCapture],
@@ -296,9 +307,10 @@ fn inject_queries(
     let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
     let t0 = first.host_tid;
     let t0_regs = inject::normalized(&first.regs, first.restart);
-    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let len = PAGE + threads.len() as u64 * FRAME_SLOT;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let scratch = inj.syscall(t0, &t0_regs, SYS_MMAP, [0, PAGE, prot, flags, u64::MAX, 0])?;
+    let scratch = inj.syscall(t0, &t0_regs, SYS_MMAP, [0, len, prot, flags, u64::MAX, 0])?;
     if scratch < 0 {
         return Err(CaptureError::Inject {
             tid: t0,
@@ -307,16 +319,40 @@ fn inject_queries(
         });
     }
     let scratch = scratch as u64;
+    let mem_err = |addr: u64, len: usize| move |source| CaptureError::Memory { pid, addr, len, source };
     let result = (|| {
-        let mut buf = [0u8; 32];
-        for th in threads.iter_mut() {
+        // syscall; mov eax, 15 (rt_sigreturn); syscall; ud2
+        let tramp = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b];
+        sys::write_remote(pid, scratch, &tramp).map_err(mem_err(scratch, tramp.len()))?;
+        let safe = Injector { pid, gadget: scratch };
+        let out = scratch + 64;
+        let mut frames = Vec::with_capacity(threads.len());
+        let mut frame = vec![0u8; FRAME_SLOT as usize];
+        for (i, th) in threads.iter_mut().enumerate() {
+            let at = scratch + PAGE + i as u64 * FRAME_SLOT;
+            let words = th.regs.to_words();
+            let input = restore_stub::sigframe::ThreadInput {
+                regs: &words,
+                restart: match th.restart {
+                    Restart::None => restore_stub::sigframe::Restart::None,
+                    Restart::Restart => restore_stub::sigframe::Restart::Restart,
+                    Restart::Eintr => restore_stub::sigframe::Restart::Eintr,
+                },
+                xsave: &th.xsave,
+                sigmask: th.sigmask,
+                // Filled in by the sigaltstack query below, before it can be used.
+                altstack: (0, 2 /* SS_DISABLE */, 0),
+            };
+            let rsp = restore_stub::sigframe::build(&mut frame, at, &input).map_err(|e| CaptureError::Inject {
+                tid: th.host_tid,
+                nr: SYS_SIGALTSTACK,
+                detail: format!("building the safety frame: {e:?}"),
+            })?;
+            let n = restore_stub::sigframe::frame_len(th.xsave.len());
+            sys::write_remote(pid, at, &frame[..n]).map_err(mem_err(at, n))?;
             let regs = inject::normalized(&th.regs, th.restart);
-            let rc = inj.syscall(
-                th.host_tid,
-                &regs,
-                SYS_SIGALTSTACK,
-                [0, scratch, 0, 0, 0, 0],
-            )?;
+            let uc_stack = at + 24;
+            let rc = safe.syscall_framed(th.host_tid, &regs, rsp, SYS_SIGALTSTACK, [0, uc_stack, 0, 0, 0, 0])?;
             if rc < 0 {
                 return Err(CaptureError::Inject {
                     tid: th.host_tid,
@@ -324,18 +360,14 @@ fn inject_queries(
                     detail: format!("errno {}", -rc),
                 });
             }
-            sys::read_remote(pid, &mut buf[..24], &[(scratch, 24)]).map_err(|source| {
-                CaptureError::Memory {
-                    pid,
-                    addr: scratch,
-                    len: 24,
-                    source,
-                }
-            })?;
+            let mut buf = [0u8; 24];
+            sys::read_remote(pid, &mut buf, &[(uc_stack, 24)]).map_err(mem_err(uc_stack, 24))?;
             let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
             th.altstack = (w(0), w(8) as u32, w(16));
+            frames.push(rsp);
         }
         let mut acts = vec![SigAction::default(); 64];
+        let mut buf = [0u8; 32];
         for sig in 1..=64u64 {
             let bit = 1u64 << (sig - 1);
             if status.sig_ign & bit != 0 {
@@ -344,7 +376,7 @@ fn inject_queries(
             if status.sig_cgt & bit == 0 {
                 continue;
             }
-            let rc = inj.syscall(t0, &t0_regs, SYS_RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])?;
+            let rc = safe.syscall_framed(t0, &t0_regs, frames[0], SYS_RT_SIGACTION, [sig, 0, out, 8, 0, 0])?;
             if rc < 0 {
                 return Err(CaptureError::Inject {
                     tid: t0,
@@ -352,14 +384,7 @@ fn inject_queries(
                     detail: format!("signal {sig}: errno {}", -rc),
                 });
             }
-            sys::read_remote(pid, &mut buf, &[(scratch, 32)]).map_err(|source| {
-                CaptureError::Memory {
-                    pid,
-                    addr: scratch,
-                    len: 32,
-                    source,
-                }
-            })?;
+            sys::read_remote(pid, &mut buf, &[(out, 32)]).map_err(mem_err(out, 32))?;
             let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
             acts[sig as usize - 1] = SigAction {
                 handler: w(0),
@@ -370,7 +395,7 @@ fn inject_queries(
         }
         Ok(acts)
     })();
-    let rc = inj.syscall(t0, &t0_regs, SYS_MUNMAP, [scratch, PAGE, 0, 0, 0, 0])?;
+    let rc = inj.syscall(t0, &t0_regs, SYS_MUNMAP, [scratch, len, 0, 0, 0, 0])?;
     if rc < 0 {
         return Err(CaptureError::Inject {
             tid: t0,

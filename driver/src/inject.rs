@@ -108,6 +108,30 @@ impl Injector {
         Ok(out.rax as i64)
     }
 
+    /// Like [`Injector::syscall`], but with rsp at `frame_rsp` (an `rt_sigframe`
+    /// holding the thread's own state, for the trampoline's fallback path).
+    pub fn syscall_framed(
+        &self,
+        tid: i32,
+        restore_to: &UserRegs,
+        frame_rsp: u64,
+        nr: u64,
+        args: [u64; 6],
+    ) -> Result<i64, CaptureError> {
+        let mut r = *restore_to;
+        r.rax = nr;
+        r.rsp = frame_rsp;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        let out = self.step(tid, &r)?;
+        sys::ptrace_setregs(tid, restore_to).map_err(CaptureError::ptrace("SETREGS", tid))?;
+        Ok(out.rax as i64)
+    }
+
     /// Runs the syscall described by `regs` (number in rax) at the gadget and returns
     /// the thread's registers at syscall exit, leaving the thread stopped there.
     pub fn step(&self, tid: i32, regs: &UserRegs) -> Result<UserRegs, CaptureError> {
