@@ -319,12 +319,24 @@ fn inject_queries(
         });
     }
     let scratch = scratch as u64;
-    let mem_err = |addr: u64, len: usize| move |source| CaptureError::Memory { pid, addr, len, source };
+    let mem_err = |addr: u64, len: usize| {
+        move |source| CaptureError::Memory {
+            pid,
+            addr,
+            len,
+            source,
+        }
+    };
     let result = (|| {
         // syscall; mov eax, 15 (rt_sigreturn); syscall; ud2
-        let tramp = [0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b];
+        let tramp = [
+            0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b,
+        ];
         sys::write_remote(pid, scratch, &tramp).map_err(mem_err(scratch, tramp.len()))?;
-        let safe = Injector { pid, gadget: scratch };
+        let safe = Injector {
+            pid,
+            gadget: scratch,
+        };
         let out = scratch + 64;
         let mut frames = Vec::with_capacity(threads.len());
         let mut frame = vec![0u8; FRAME_SLOT as usize];
@@ -343,16 +355,24 @@ fn inject_queries(
                 // Filled in by the sigaltstack query below, before it can be used.
                 altstack: (0, 2 /* SS_DISABLE */, 0),
             };
-            let rsp = restore_stub::sigframe::build(&mut frame, at, &input).map_err(|e| CaptureError::Inject {
-                tid: th.host_tid,
-                nr: SYS_SIGALTSTACK,
-                detail: format!("building the safety frame: {e:?}"),
+            let rsp = restore_stub::sigframe::build(&mut frame, at, &input).map_err(|e| {
+                CaptureError::Inject {
+                    tid: th.host_tid,
+                    nr: SYS_SIGALTSTACK,
+                    detail: format!("building the safety frame: {e:?}"),
+                }
             })?;
             let n = restore_stub::sigframe::frame_len(th.xsave.len());
             sys::write_remote(pid, at, &frame[..n]).map_err(mem_err(at, n))?;
             let regs = inject::normalized(&th.regs, th.restart);
             let uc_stack = at + 24;
-            let rc = safe.syscall_framed(th.host_tid, &regs, rsp, SYS_SIGALTSTACK, [0, uc_stack, 0, 0, 0, 0])?;
+            let rc = safe.syscall_framed(
+                th.host_tid,
+                &regs,
+                rsp,
+                SYS_SIGALTSTACK,
+                [0, uc_stack, 0, 0, 0, 0],
+            )?;
             if rc < 0 {
                 return Err(CaptureError::Inject {
                     tid: th.host_tid,
@@ -376,7 +396,13 @@ fn inject_queries(
             if status.sig_cgt & bit == 0 {
                 continue;
             }
-            let rc = safe.syscall_framed(t0, &t0_regs, frames[0], SYS_RT_SIGACTION, [sig, 0, out, 8, 0, 0])?;
+            let rc = safe.syscall_framed(
+                t0,
+                &t0_regs,
+                frames[0],
+                SYS_RT_SIGACTION,
+                [sig, 0, out, 8, 0, 0],
+            )?;
             if rc < 0 {
                 return Err(CaptureError::Inject {
                     tid: t0,
