@@ -229,9 +229,23 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
     match after {
         After::Resume => frozen.resume(),
-        After::Kill => frozen.kill(),
+        After::Kill => {
+            frozen.kill();
+            times.pause = t0.elapsed();
+            // Wait until it is really gone (its sockets closed), so a restore that
+            // follows at once can bind the same addresses.
+            let mut pfd = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on one live pollfd; a pidfd turns readable at exit.
+            unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        }
     }
-    times.pause = t0.elapsed();
+    if after == After::Resume {
+        times.pause = t0.elapsed();
+    }
 
     Ok(Capture {
         host_pid: pid,

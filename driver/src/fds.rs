@@ -56,6 +56,7 @@ pub enum FdKind {
         addr: Vec<u8>,
         port: u16,
         backlog: u32,
+        reuseaddr: bool,
     },
     UnixListen {
         path: Vec<u8>,
@@ -276,12 +277,14 @@ fn socket_kind(pidfd: RawFd, fd: i32, somaxconn: u32) -> Result<FdKind, String> 
             let mptcp = protocol == IPPROTO_MPTCP;
             let (addr, port, _) = sockaddr(s, false)?;
             if listening {
+                let reuseaddr = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0;
                 Ok(FdKind::TcpListen {
                     family,
                     mptcp,
                     addr,
                     port,
                     backlog: somaxconn,
+                    reuseaddr,
                 })
             } else {
                 let peer = sockaddr(s, true)

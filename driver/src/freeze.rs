@@ -122,11 +122,35 @@ impl Frozen {
         self.detach_all();
     }
 
-    /// Kills the process (while still frozen), then releases the threads.
+    /// Kills the process while it is still frozen (it never runs again), then
+    /// collects the exit of every thread: threads that die while traced stay
+    /// zombies until their tracer reaps them, and so would the whole process.
     pub fn kill(mut self) {
         // SAFETY: kill(2) with a pid and a signal number touches no memory.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        self.detach_all();
+        self.released = true;
+        // The leader's exit is reported only once every other thread is gone.
+        let mut order: Vec<i32> = self
+            .tids
+            .iter()
+            .copied()
+            .filter(|t| *t != self.pid)
+            .collect();
+        order.push(self.pid);
+        for &t in &order {
+            loop {
+                match sys::waitpid(t, false) {
+                    Ok(Some(WaitStatus::Exited(..)))
+                    | Ok(Some(WaitStatus::Signaled(..)))
+                    | Err(_) => break,
+                    // A stop that raced with the kill: let it run into the kill.
+                    Ok(Some(WaitStatus::Stopped(..))) => {
+                        let _ = sys::ptrace_cont(t, 0);
+                    }
+                    Ok(None) => {}
+                }
+            }
+        }
     }
 
     fn detach_all(&mut self) {
@@ -134,7 +158,15 @@ impl Frozen {
             return;
         }
         self.released = true;
-        for &t in &self.tids {
+        // The leader's exit is reported only once every other thread is gone.
+        let mut order: Vec<i32> = self
+            .tids
+            .iter()
+            .copied()
+            .filter(|t| *t != self.pid)
+            .collect();
+        order.push(self.pid);
+        for &t in &order {
             let _ = sys::ptrace_detach(t, 0);
         }
     }

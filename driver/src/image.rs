@@ -307,11 +307,12 @@ pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError
                     addr,
                     port,
                     backlog,
+                    reuseaddr,
                 } => cf::FdKind::TcpListen {
                     addr: sockaddr(*family, addr, *port),
                     protocol: proto(*mptcp),
                     backlog: *backlog,
-                    reuseaddr: true,
+                    reuseaddr: *reuseaddr,
                 },
                 FdKind::UnixListen { path, sock_type } => cf::FdKind::UnixListen {
                     path,
@@ -708,7 +709,7 @@ fn fd_from(f: &cf::Fd<'_>) -> FdCapture {
             addr,
             protocol,
             backlog,
-            ..
+            reuseaddr,
         } => {
             let (family, a, port) = addr_parts(addr);
             FdKind::TcpListen {
@@ -717,6 +718,7 @@ fn fd_from(f: &cf::Fd<'_>) -> FdCapture {
                 addr: a,
                 port,
                 backlog: *backlog,
+                reuseaddr: *reuseaddr,
             }
         }
         cf::FdKind::UnixListen {

@@ -304,13 +304,52 @@ fn sockaddr_for(
     }
 }
 
+/// A listening socket on the checkpointed address. A listener without SO_REUSEADDR
+/// (Go sets it; raw `syscall.Socket` users may not) cannot bind while TIME_WAIT
+/// connections of the dead original hold its port: those belong to the program's
+/// previous life, so they are destroyed (`ss -K`, sock_diag SOCK_DESTROY) and the
+/// bind is tried once more.
+fn listen_tcp_reclaiming(
+    family: SockFamily,
+    mptcp: bool,
+    addr: &[u8],
+    port: u16,
+    backlog: u32,
+    reuseaddr: bool,
+) -> Result<OwnedFd, String> {
+    match listen_tcp(family, mptcp, addr, port, backlog, reuseaddr) {
+        Err((e, Some(libc::EADDRINUSE))) => {
+            let filter = format!("sport = :{port}");
+            let killed = std::process::Command::new("ss")
+                .args(["-K", "-tan", "state", "time-wait", &filter])
+                .output()
+                .map_err(|x| {
+                    format!(
+                        "{e}; and `ss -K` to reclaim the port from TIME_WAIT could not run: {x}"
+                    )
+                })?;
+            if !killed.status.success() {
+                return Err(format!(
+                    "{e}; `ss -K` failed: {}",
+                    String::from_utf8_lossy(&killed.stderr)
+                ));
+            }
+            listen_tcp(family, mptcp, addr, port, backlog, reuseaddr).map_err(|(e2, _)| {
+                format!("{e2} (even after destroying TIME_WAIT sockets on the port)")
+            })
+        }
+        other => other.map_err(|(e, _)| e),
+    }
+}
+
 fn listen_tcp(
     family: SockFamily,
     mptcp: bool,
     addr: &[u8],
     port: u16,
     backlog: u32,
-) -> Result<OwnedFd, String> {
+    reuseaddr: bool,
+) -> Result<OwnedFd, (String, Option<i32>)> {
     let dom = if family == SockFamily::Inet {
         libc::AF_INET
     } else {
@@ -320,14 +359,14 @@ fn listen_tcp(
     // SAFETY: socket(2) with integer arguments.
     let fd = unsafe { libc::socket(dom, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
-        return Err(format!(
-            "socket({}): {}",
-            if mptcp { "MPTCP" } else { "TCP" },
-            std::io::Error::last_os_error()
+        let e = std::io::Error::last_os_error();
+        return Err((
+            format!("socket({}): {e}", if mptcp { "MPTCP" } else { "TCP" }),
+            e.raw_os_error(),
         ));
     }
     let fd = own(fd);
-    let one: libc::c_int = 1;
+    let one: libc::c_int = i32::from(reuseaddr);
     // SAFETY: `one` is a live c_int for the option value.
     unsafe {
         libc::setsockopt(
@@ -338,7 +377,7 @@ fn listen_tcp(
             4,
         )
     };
-    let (ss, len) = sockaddr_for(family, addr, port)?;
+    let (ss, len) = sockaddr_for(family, addr, port).map_err(|e| (e, None))?;
     // SAFETY: `ss` holds a valid address of `len` bytes.
     if unsafe {
         libc::bind(
@@ -348,14 +387,13 @@ fn listen_tcp(
         )
     } < 0
     {
-        return Err(format!(
-            "bind to port {port}: {}",
-            std::io::Error::last_os_error()
-        ));
+        let e = std::io::Error::last_os_error();
+        return Err((format!("bind to port {port}: {e}"), e.raw_os_error()));
     }
     // SAFETY: listen(2) with integers.
     if unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
-        return Err(format!("listen: {}", std::io::Error::last_os_error()));
+        let e = std::io::Error::last_os_error();
+        return Err((format!("listen on port {port}: {e}"), e.raw_os_error()));
     }
     Ok(fd)
 }
@@ -524,7 +562,9 @@ fn prepare_fds(
                 addr,
                 port,
                 backlog,
-            } => listen_tcp(*family, *mptcp, addr, *port, *backlog).map_err(err)?,
+                reuseaddr,
+            } => listen_tcp_reclaiming(*family, *mptcp, addr, *port, *backlog, *reuseaddr)
+                .map_err(err)?,
             FdKind::UnixListen { path, sock_type } => listen_unix(path, *sock_type).map_err(err)?,
             FdKind::TcpConnected { .. } | FdKind::UnixConnected { .. } => {
                 dead_socket().map_err(err)?

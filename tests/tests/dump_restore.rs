@@ -173,3 +173,99 @@ fn kvstore_dump_restore_go127() {
 fn kvstore_dump_restore_go119() {
     dump_and_restore(GoToolchain::Go119);
 }
+
+/// Sends one control line to the blocker fixture and returns its answer line.
+fn control(addr: &str, line: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    writeln!(s, "{line}").expect("write");
+    let mut out = String::new();
+    BufReader::new(s).read_line(&mut out).expect("read");
+    out.trim().to_string()
+}
+
+fn status(addr: &str) -> serde_json::Value {
+    serde_json::from_str(&control(addr, "STATUS")).expect("STATUS is JSON")
+}
+
+/// Waits until `f(status)` holds or panics after 5 s.
+fn eventually(addr: &str, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    let t = Instant::now();
+    loop {
+        let s = status(addr);
+        if f(&s) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what}: status stayed {s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Acceptance test 4: threads blocked in read(2) on a pipe, accept(2) on a blocking
+/// socket, nanosleep(2), futex (a locked thread on a condition variable, and idle
+/// Ms) and epoll_wait (the netpoller) are checkpointed mid-syscall; after the
+/// restore each one continues: the reader gets the bytes written after the
+/// restore, the acceptor accepts a new connection, the sleeper keeps counting, the
+/// waiter wakes, the control server (epoll) answers.
+///
+/// Does not prove: that a syscall interrupted with a partial result (a short read)
+/// is resumed correctly; those return to the program before the stop.
+fn blocked_threads(tc: GoToolchain) {
+    let dir = temp_dir("cs-blocked");
+    let prog = Service::start(&fixture_bin(tc, "blocker"), &["-addr", "127.0.0.1:0"])
+        .expect("start blocker");
+    let addr = prog.addr().to_string();
+    let pid = prog.pid();
+    // Exercise every thread once before the checkpoint.
+    assert_eq!(control(&addr, "WRITE before"), "OK");
+    assert_eq!(control(&addr, "CONNECT"), "OK");
+    assert_eq!(control(&addr, "WAKE"), "OK");
+    eventually(&addr, "threads work before the dump", |s| {
+        s["reads"] == 1
+            && s["accepts"] == 1
+            && s["wakes"] == 1
+            && s["sleeps"].as_i64().unwrap_or(0) > 2
+    });
+    std::thread::sleep(Duration::from_millis(200)); // all back in their syscalls
+    let image = dir.path().join("blocker.img");
+    driver::dump(pid, &image, false);
+    let restored = driver::restore_detached(&image, dir.path()).expect("restore");
+    drop(prog);
+    wait_until_accepting(&addr, Duration::from_secs(10)).expect("control server (epoll) answers");
+    let s0 = status(&addr);
+    assert_eq!(s0["reads"], 1, "{s0}");
+    assert_eq!(s0["last_read"], "before", "{s0}");
+    let sleeps0 = s0["sleeps"].as_i64().unwrap_or(0);
+    eventually(&addr, "nanosleep thread keeps counting", |s| {
+        s["sleeps"].as_i64().unwrap_or(0) >= sleeps0 + 5
+    });
+    assert_eq!(control(&addr, "WRITE after"), "OK");
+    eventually(&addr, "read(2) thread gets the new bytes", |s| {
+        s["reads"] == 2 && s["last_read"] == "after"
+    });
+    assert_eq!(control(&addr, "CONNECT"), "OK");
+    eventually(&addr, "accept(2) thread accepts", |s| s["accepts"] == 2);
+    assert_eq!(control(&addr, "WAKE"), "OK");
+    eventually(&addr, "futex waiter wakes", |s| s["wakes"] == 2);
+    assert!(
+        restored.alive(),
+        "restored blocker died:\n{}",
+        restored.stderr_tail()
+    );
+}
+
+#[test]
+fn blocked_syscalls_continue_go127() {
+    blocked_threads(GoToolchain::Go127);
+}
+
+#[test]
+fn blocked_syscalls_continue_go119() {
+    blocked_threads(GoToolchain::Go119);
+}
