@@ -9,7 +9,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 need_apt=()
 [ -x "$CS_GO119/bin/go" ] || need_apt+=(golang-go)
-command -v iptables >/dev/null 2>&1 || true
+# ss(8) (iproute2) reclaims listening ports from TIME_WAIT connections on restore.
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   apt-get update -qq

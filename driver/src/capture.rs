@@ -203,6 +203,9 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     for &tid in &frozen.tids {
         threads.push(capture_thread(pid, tid, host_xsave as usize)?);
     }
+    // The image lists threads by the tid the program sees (the order of host tids
+    // differs once the program lives in a nested pid namespace).
+    threads.sort_by_key(|t| t.tid);
     times.threads = t.elapsed();
 
     let t = Instant::now();

@@ -77,7 +77,16 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cs-driver: error: {e:#}");
+            // Each layer's message already includes its cause's text where it
+            // helps; print a cause only when it adds something.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("cs-driver: error: {msg}");
             ExitCode::FAILURE
         }
     }
