@@ -16,4 +16,5 @@ pub mod inspect;
 pub mod procfs;
 pub mod restore;
 pub mod run;
+pub mod staging;
 pub mod sys;

@@ -143,7 +143,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let stats = image::write_image(&c, &output)
                 .with_context(|| format!("writing {}", output.display()))?;
             eprintln!(
-                "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} stored pages; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2}, fds {:.2}); program {}",
+                "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} stored pages; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2}, fds {:.2}); program {}",
                 c.pid,
                 c.threads.len(),
                 c.vmas.len(),
@@ -157,6 +157,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ms(c.times.threads),
                 ms(c.times.inject),
                 ms(c.times.memory),
+                ms(c.times.copy),
                 ms(c.times.fds),
                 if leave_running { "left running" } else { "killed" },
             );

@@ -24,6 +24,8 @@ pub struct MapEntry {
     pub name: String,
     /// Two-letter smaps VmFlags (`rd`, `wr`, `dp`, `wf`, `gd`, ...).
     pub vm_flags: Vec<String>,
+    /// Resident set of the mapping (smaps `Rss:`), in KiB.
+    pub rss_kb: u64,
 }
 
 impl MapEntry {
@@ -63,6 +65,17 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, CaptureError
     let mut out: Vec<MapEntry> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
+        if let Some(rest) = line.strip_prefix("Rss:") {
+            if let Some(last) = out.last_mut() {
+                last.rss_kb = rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+            }
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("VmFlags:") {
             let last = out
                 .last_mut()
@@ -107,6 +120,7 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, CaptureError
             inode: inode.parse().map_err(|_| bad(path, lineno, "bad inode"))?,
             name: name.to_string(),
             vm_flags: Vec::new(),
+            rss_kb: 0,
         });
     }
     Ok(out)
