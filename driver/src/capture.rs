@@ -340,7 +340,8 @@ fn inject_queries(
     let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
     let t0 = first.host_tid;
     let t0_regs = inject::normalized(&first.regs, first.restart);
-    let len = PAGE + threads.len() as u64 * FRAME_SLOT;
+    // Page 0: trampoline, flags, batch code; page 1: batch results; then frames.
+    let len = 2 * PAGE + threads.len() as u64 * FRAME_SLOT;
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let scratch = inj.syscall(t0, &t0_regs, SYS_MMAP, [0, len, prot, flags, u64::MAX, 0])?;
@@ -370,11 +371,10 @@ fn inject_queries(
             pid,
             gadget: scratch,
         };
-        let out = scratch + 64;
         let mut frames = Vec::with_capacity(threads.len());
         let mut frame = vec![0u8; FRAME_SLOT as usize];
         for (i, th) in threads.iter_mut().enumerate() {
-            let at = scratch + PAGE + i as u64 * FRAME_SLOT;
+            let at = scratch + 2 * PAGE + i as u64 * FRAME_SLOT;
             let words = th.regs.to_words();
             let input = restore_stub::sigframe::ThreadInput {
                 regs: &words,
@@ -420,37 +420,19 @@ fn inject_queries(
             frames.push(rsp);
         }
         let mut acts = vec![SigAction::default(); 64];
-        let mut buf = [0u8; 32];
+        let mut sigs = Vec::new();
         for sig in 1..=64u64 {
             let bit = 1u64 << (sig - 1);
             if status.sig_ign & bit != 0 {
                 acts[sig as usize - 1].handler = 1; // SIG_IGN
             }
-            if status.sig_cgt & bit == 0 {
-                continue;
+            if status.sig_cgt & bit != 0 {
+                sigs.push(sig);
             }
-            let rc = safe.syscall_framed(
-                t0,
-                &t0_regs,
-                frames[0],
-                SYS_RT_SIGACTION,
-                [sig, 0, out, 8, 0, 0],
-            )?;
-            if rc < 0 {
-                return Err(CaptureError::Inject {
-                    tid: t0,
-                    nr: SYS_RT_SIGACTION,
-                    detail: format!("signal {sig}: errno {}", -rc),
-                });
-            }
-            sys::read_remote(pid, &mut buf, &[(out, 32)]).map_err(mem_err(out, 32))?;
-            let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
-            acts[sig as usize - 1] = SigAction {
-                handler: w(0),
-                flags: w(8),
-                restorer: w(16),
-                mask: w(24),
-            };
+        }
+        let results = batch_sigactions(&safe, t0, &t0_regs, frames[0], &sigs)?;
+        for (sig, a) in sigs.iter().zip(results) {
+            acts[*sig as usize - 1] = a;
         }
         Ok(acts)
     })();
@@ -463,6 +445,144 @@ fn inject_queries(
         });
     }
     result
+}
+
+/// Queries the handlers of `sigs` in one run of injected code: the scratch page
+/// gets `rt_sigaction(sig, NULL, &out[i], 8)` for each signal, then a store to a
+/// done flag, then a 1 s futex wait on it, then `rt_sigreturn` (rsp is at the
+/// thread's safety frame). The driver lets the thread run (`PTRACE_CONT`), polls the
+/// flag, interrupts the thread in its futex wait and puts its registers back: two
+/// ptrace round trips instead of two per signal. If the driver dies meanwhile, the
+/// wait times out and `rt_sigreturn` resumes the thread where it was frozen.
+fn batch_sigactions(
+    safe: &Injector,
+    tid: i32,
+    regs: &UserRegs,
+    frame_rsp: u64,
+    sigs: &[u64],
+) -> Result<Vec<SigAction>, CaptureError> {
+    let pid = safe.pid;
+    let base = safe.gadget; // the scratch mapping
+    let done = base + 128;
+    let timespec = base + 144;
+    let code_at = base + 256;
+    let out = base + PAGE;
+    let mut code: Vec<u8> = Vec::with_capacity(64 * 30 + 64);
+    for (i, &sig) in sigs.iter().enumerate() {
+        code.extend_from_slice(&[0xb8, 13, 0, 0, 0]); // mov eax, 13
+        code.push(0xbf); // mov edi, sig
+        code.extend_from_slice(&(sig as u32).to_le_bytes());
+        code.extend_from_slice(&[0x31, 0xf6]); // xor esi, esi
+        code.extend_from_slice(&[0x48, 0xba]); // movabs rdx, out + 32 i
+        code.extend_from_slice(&(out + 32 * i as u64).to_le_bytes());
+        code.extend_from_slice(&[0x41, 0xba, 8, 0, 0, 0]); // mov r10d, 8
+        code.extend_from_slice(&[0x0f, 0x05]); // syscall
+    }
+    code.extend_from_slice(&[0x48, 0xb8]); // movabs rax, done
+    code.extend_from_slice(&done.to_le_bytes());
+    code.extend_from_slice(&[0xc7, 0x00, 1, 0, 0, 0]); // mov dword [rax], 1
+    code.extend_from_slice(&[0x48, 0xbf]); // movabs rdi, done
+    code.extend_from_slice(&done.to_le_bytes());
+    code.extend_from_slice(&[0xb8, 202, 0, 0, 0]); // mov eax, futex
+    code.extend_from_slice(&[0xbe, 128, 0, 0, 0]); // mov esi, FUTEX_WAIT_PRIVATE
+    code.extend_from_slice(&[0xba, 1, 0, 0, 0]); // mov edx, 1
+    code.extend_from_slice(&[0x49, 0xba]); // movabs r10, timespec
+    code.extend_from_slice(&timespec.to_le_bytes());
+    code.extend_from_slice(&[0x0f, 0x05]); // syscall
+    code.extend_from_slice(&[0xb8, 15, 0, 0, 0, 0x0f, 0x05, 0x0f, 0x0b]); // rt_sigreturn; ud2
+    if code_at + code.len() as u64 > base + PAGE {
+        return Err(CaptureError::Inject {
+            tid,
+            nr: SYS_RT_SIGACTION,
+            detail: "batch code too long".into(),
+        });
+    }
+    let merr = |addr: u64, len: usize| {
+        move |source| CaptureError::Memory {
+            pid,
+            addr,
+            len,
+            source,
+        }
+    };
+    let mut flags = [0u8; 32];
+    flags[16..24].copy_from_slice(&1u64.to_le_bytes()); // timespec { 1 s, 0 }
+    sys::write_remote(pid, done, &flags).map_err(merr(done, 32))?;
+    let sentinel = vec![0xa5u8; 32 * sigs.len()];
+    sys::write_remote(pid, out, &sentinel).map_err(merr(out, sentinel.len()))?;
+    sys::write_remote(pid, code_at, &code).map_err(merr(code_at, code.len()))?;
+    let mut r = *regs;
+    r.rip = code_at;
+    r.rsp = frame_rsp;
+    r.orig_rax = u64::MAX;
+    sys::ptrace_setregs(tid, &r).map_err(CaptureError::ptrace("SETREGS", tid))?;
+    sys::ptrace_cont(tid, 0).map_err(CaptureError::ptrace("CONT", tid))?;
+    let t = Instant::now();
+    let mut word = [0u8; 4];
+    loop {
+        sys::read_remote(pid, &mut word, &[(done, 4)]).map_err(merr(done, 4))?;
+        if word == [1, 0, 0, 0] {
+            break;
+        }
+        if t.elapsed() > Duration::from_millis(500) {
+            // Stop it anyway; the registers are put back below.
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+    sys::ptrace_interrupt(tid).map_err(CaptureError::ptrace("INTERRUPT", tid))?;
+    loop {
+        match sys::waitpid(tid, false).map_err(CaptureError::ptrace("waitpid", tid))? {
+            Some(sys::WaitStatus::Stopped(_, _, sys::PTRACE_EVENT_STOP)) => break,
+            Some(sys::WaitStatus::Stopped(_, sig, 0)) => {
+                // A signal for this thread arrived: keep it pending for the program.
+                // SAFETY: tgkill takes three integers.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+                sys::ptrace_cont(tid, 0).map_err(CaptureError::ptrace("CONT", tid))?;
+                sys::ptrace_interrupt(tid).map_err(CaptureError::ptrace("INTERRUPT", tid))?;
+            }
+            Some(sys::WaitStatus::Stopped(..)) => {
+                sys::ptrace_cont(tid, 0).map_err(CaptureError::ptrace("CONT", tid))?;
+                sys::ptrace_interrupt(tid).map_err(CaptureError::ptrace("INTERRUPT", tid))?;
+            }
+            other => {
+                return Err(CaptureError::UnexpectedStop {
+                    tid,
+                    phase: "signal handler query",
+                    detail: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    sys::ptrace_setregs(tid, regs).map_err(CaptureError::ptrace("SETREGS", tid))?;
+    if word != [1, 0, 0, 0] {
+        return Err(CaptureError::Inject {
+            tid,
+            nr: SYS_RT_SIGACTION,
+            detail: "the injected signal-handler queries did not finish within 500 ms".into(),
+        });
+    }
+    let mut buf = vec![0u8; 32 * sigs.len()];
+    let n = buf.len();
+    sys::read_remote(pid, &mut buf, &[(out, n)]).map_err(merr(out, n))?;
+    let mut acts = Vec::with_capacity(sigs.len());
+    for (i, c) in buf.chunks_exact(32).enumerate() {
+        if c.iter().all(|b| *b == 0xa5) {
+            return Err(CaptureError::Inject {
+                tid,
+                nr: SYS_RT_SIGACTION,
+                detail: format!("rt_sigaction({}) wrote nothing", sigs[i]),
+            });
+        }
+        let w = |o: usize| u64::from_le_bytes(c[o..o + 8].try_into().expect("8 bytes"));
+        acts.push(SigAction {
+            handler: w(0),
+            flags: w(8),
+            restorer: w(16),
+            mask: w(24),
+        });
+    }
+    Ok(acts)
 }
 
 fn vma_of(m: &MapEntry) -> Result<VmaCapture, CaptureError> {
