@@ -5,3 +5,4 @@
 pub mod check;
 pub mod driver;
 pub mod fixture;
+pub mod image_edit;

@@ -1,0 +1,567 @@
+//! A dump interrupted by SIGKILL of the driver leaves the program running and
+//! serving (issue 4, acceptance item 6).
+//!
+//! kvstore (Go 1.27.3) runs with 256 MiB preloaded, so that a capture takes tens to
+//! hundreds of milliseconds. One complete `dump --leave-running` first measures the
+//! pause and shows the setup works. Then `cs-driver dump PID -o IMAGE --leave-running`
+//! is started again and again and SIGKILLed at these points:
+//! - fixed delays after the driver was spawned (0, 2, 5, 10, 20, 40 ms); the driver
+//!   prefaults its staging buffer before it freezes, so these mostly land before the
+//!   freeze;
+//! - fixed delays after the driver was seen attached (the main thread's TracerPid
+//!   set: 0, 0.5, 1, 2, 5, 10, 20, 40 ms), inside the pause;
+//! - the moment the main thread is seen, while traced, in one of the syscalls the
+//!   driver makes it run (`/proc/PID/task/PID/syscall`: number and instruction
+//!   pointer): the scratch `mmap` and `munmap` at the `syscall` instruction borrowed
+//!   from the `[vdso]`, the `sigaltstack` query and the futex wait after the batched
+//!   `rt_sigaction` queries in the scratch mapping. These are the windows where the
+//!   driver has rewritten a thread's registers. Two tries each; a try that does not
+//!   see its window kills the driver anyway (counted as a miss);
+//! - eight seeded random delays in the first 20 ms after the attach (seed printed;
+//!   `CS_DUMP_KILL_SEED` sets it).
+//!
+//! Every interrupted dump uses `--leave-running`: the default mode kills the program
+//! once the capture is done, so a SIGKILL landing after that point would make a dead
+//! program the right outcome. With `--leave-running` the program must survive every
+//! kill point, which is what is checked.
+//!
+//! After each kill: the driver died of the SIGKILL (or had finished: counted, not
+//! failed); within 3 s every thread of the program is neither stopped ('t'/'T') nor
+//! traced nor a zombie; it answers a GET of a preloaded key with the right value and
+//! of a marker key; and no new writable+executable mapping appeared in it (the
+//! driver's scratch page must not outlive the dump). At the end every preloaded
+//! value verifies and a complete dump of the program still works.
+//!
+//! What it does not prove: that a kill at *every* instant is harmless (the kill
+//! points are sampled; the windows of the injected syscalls are short and only hit
+//! when the poll sees them); the Go 1.19 toolchain; a program under load while it is
+//! dumped (kvstore is idle); SIGKILL of the driver's default mode (deliberately out,
+//! see above); the state of the program's memory beyond the preloaded values and
+//! the marker; that a partial image left behind is refused (that is bad_images.rs).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cs_tests::check::preload::{preload_count, preload_key, preload_value, verify_preload};
+use cs_tests::driver;
+use cs_tests::fixture::{fixture_bin, temp_dir, GoToolchain, Service};
+
+const PRELOAD_MIB: u64 = 256;
+const MARKER: &str = "dump-killed-marker";
+
+/// Where in a dump the driver is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// This long after the driver was spawned.
+    AfterSpawn(Duration),
+    /// This long after the program's main thread was seen traced.
+    AfterAttach(Duration),
+    /// When the main thread is seen (while traced) in syscall `nr` with its
+    /// instruction pointer in `Code`: the driver's injected code.
+    InSyscall(u64, Code, &'static str),
+}
+
+impl std::fmt::Display for KillAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KillAt::AfterSpawn(d) => write!(f, "{d:?} after spawn"),
+            KillAt::AfterAttach(d) => write!(f, "{d:?} after attach"),
+            KillAt::InSyscall(nr, code, name) => {
+                write!(f, "in syscall {nr} run from {code:?} ({name})")
+            }
+        }
+    }
+}
+
+/// Where the driver runs code in the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    /// The `syscall` instruction it borrows in the `[vdso]` (scratch mmap, munmap).
+    Vdso,
+    /// Its scratch mapping, the only writable+executable one (trampolines, the
+    /// batched signal-handler queries and their futex wait).
+    Scratch,
+}
+
+/// What one interrupted dump did.
+#[derive(Debug)]
+struct Interrupted {
+    /// From the spawn to the SIGKILL.
+    at: Duration,
+    /// The driver died of the SIGKILL (false: it had finished first).
+    landed: bool,
+    /// For [`KillAt::InSyscall`]: the syscall was seen before the kill.
+    hit: bool,
+    /// For [`KillAt::AfterAttach`]: the attach was seen.
+    attached: bool,
+    /// The driver's stderr, when it exited by itself.
+    driver_said: String,
+}
+
+fn status_field(pid: u32, tid: u32, field: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_string())
+}
+
+/// TracerPid of the main thread; `None` when the process is gone.
+fn tracer(pid: u32) -> Option<u32> {
+    status_field(pid, pid, "TracerPid:").and_then(|v| v.parse().ok())
+}
+
+/// The syscall the main thread is stopped or blocked in and its instruction
+/// pointer (`None` while it runs).
+fn main_syscall(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall")).ok()?;
+    let f: Vec<&str> = s.split_whitespace().collect();
+    let nr = f.first()?.parse().ok()?;
+    let pc = u64::from_str_radix(f.last()?.trim_start_matches("0x"), 16).ok()?;
+    Some((nr, pc))
+}
+
+/// Whether `pc` lies in the `[vdso]` or in a writable+executable mapping.
+fn pc_in(pid: u32, pc: u64, code: Code) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let Some((a, b)) = f.first().and_then(|r| r.split_once('-')) else {
+                return false;
+            };
+            let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+                return false;
+            };
+            let wanted = match code {
+                Code::Vdso => f.get(5) == Some(&"[vdso]"),
+                Code::Scratch => f.get(1) == Some(&"rwxp"),
+            };
+            wanted && (a..b).contains(&pc)
+        })
+}
+
+/// Threads that are stopped, traced or dead: (tid, state, tracer).
+fn unhealthy_threads(pid: u32) -> Option<Vec<(u32, String, String)>> {
+    let mut bad = Vec::new();
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let state = status_field(pid, tid, "State:").unwrap_or_default();
+        let tr = status_field(pid, tid, "TracerPid:").unwrap_or_default();
+        let code = state.chars().next().unwrap_or('?');
+        if matches!(code, 't' | 'T' | 'Z' | 'X') || tr != "0" {
+            bad.push((tid, state, tr));
+        }
+    }
+    Some(bad)
+}
+
+fn rwx_mappings(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("rwxp"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+fn spin_for(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+fn spawn_dump(pid: u32, image: &Path, log: &Path) -> Child {
+    Command::new(driver::driver())
+        .args([
+            "dump",
+            &pid.to_string(),
+            "-o",
+            image.to_str().expect("utf-8 path"),
+            "--leave-running",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).expect("driver log"))
+        .spawn()
+        .expect("spawn cs-driver dump")
+}
+
+/// A complete `--leave-running` dump (killed after `timeout`): Ok(the driver's
+/// report) or Err(why).
+fn complete_dump(pid: u32, image: &Path, log: &Path, timeout: Duration) -> Result<String, String> {
+    let mut child = spawn_dump(pid, image, log);
+    let t = Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait for cs-driver") {
+            Some(s) => break s,
+            None if t.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "did not finish in {timeout:?}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let said = std::fs::read_to_string(log).unwrap_or_default();
+    if status.success() {
+        Ok(said.trim().to_string())
+    } else {
+        Err(format!("{status}: {}", said.trim()))
+    }
+}
+
+/// Starts a `--leave-running` dump of `pid` and SIGKILLs the driver at `at`.
+fn interrupted_dump(pid: u32, image: &Path, log: &Path, at: KillAt) -> Interrupted {
+    let mut child = spawn_dump(pid, image, log);
+    let spawned = Instant::now();
+    let running = |c: &mut Child| matches!(c.try_wait(), Ok(None));
+    let (mut hit, mut attached) = (false, false);
+    match at {
+        KillAt::AfterSpawn(d) => spin_for(d),
+        KillAt::AfterAttach(d) => {
+            while running(&mut child) && spawned.elapsed() < Duration::from_secs(5) {
+                if tracer(pid).is_some_and(|t| t != 0) {
+                    attached = true;
+                    break;
+                }
+            }
+            spin_for(d);
+        }
+        KillAt::InSyscall(nr, code, _) => {
+            // Wait for the attach, then poll the main thread's syscall (one read per
+            // round, to see the short windows). The injections come within
+            // milliseconds of the freeze; give up 2 s after the attach.
+            while running(&mut child) && spawned.elapsed() < Duration::from_secs(5) {
+                if tracer(pid).is_some_and(|t| t != 0) {
+                    attached = true;
+                    break;
+                }
+            }
+            let since = Instant::now();
+            while attached && running(&mut child) && since.elapsed() < Duration::from_secs(2) {
+                match main_syscall(pid) {
+                    // Still traced and at the driver's code: its injection, not the
+                    // program's own call (Go calls mmap, futex, sigaltstack too).
+                    Some((n, pc)) if n == nr && pc_in(pid, pc, code) => {
+                        hit = tracer(pid).is_some_and(|t| t != 0);
+                        if hit {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let at = spawned.elapsed();
+    let _ = child.kill();
+    let status = child.wait().expect("wait for cs-driver");
+    let landed = status.signal() == Some(libc::SIGKILL);
+    Interrupted {
+        at,
+        landed,
+        hit,
+        attached,
+        driver_said: if landed {
+            String::new()
+        } else {
+            std::fs::read_to_string(log).unwrap_or_default()
+        },
+    }
+}
+
+/// `GET key` on one connection as the anonymous client 0; the value, or why not.
+fn get(addr: &str, key: &str, timeout: Duration) -> Result<Option<String>, String> {
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("0 1 GET {key}\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    let line = line.trim_end();
+    match line.split_once(' ').map(|(_, rest)| rest) {
+        Some(rest) if rest.starts_with("OK ") => Ok(Some(rest[3..].to_string())),
+        Some("NOTFOUND") => Ok(None),
+        _ => Err(format!("bad reply {line:?}")),
+    }
+}
+
+fn put_marker(addr: &str) {
+    let sock: std::net::SocketAddr = addr.parse().expect("address");
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("0 1 PUT marker {MARKER}\n").as_bytes())
+        .expect("send PUT");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("PUT reply");
+    assert!(line.contains("OK"), "PUT marker answered {line:?}");
+}
+
+/// The start of a Go crash report in `stderr` (its goroutine dump can be long), or
+/// the end of `stderr` when there is none.
+fn crash_summary(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let first = lines.iter().position(|l| {
+        [
+            "fatal error",
+            "panic:",
+            "unexpected signal",
+            "SIGSEGV",
+            "SIGBUS",
+            "SIGILL",
+            "runtime:",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    });
+    match first {
+        Some(i) => lines[i..lines.len().min(i + 12)].join("\n"),
+        None => lines[lines.len().saturating_sub(12)..].join("\n"),
+    }
+}
+
+/// Waits (up to 3 s) until every thread runs untraced, then checks a GET of a
+/// preloaded key and of the marker. Err(why) when the program is not healthy.
+fn check_serving(store: &Service, key_index: usize) -> Result<Duration, String> {
+    let pid = store.pid();
+    let t = Instant::now();
+    loop {
+        if !alive(pid) {
+            return Err(format!("the program (pid {pid}) is dead"));
+        }
+        match unhealthy_threads(pid) {
+            Some(bad) if bad.is_empty() => break,
+            Some(bad) if t.elapsed() > Duration::from_secs(3) => {
+                return Err(format!(
+                    "3 s after the kill, threads are still stopped or traced \
+                     (tid, state, tracer): {bad:?}"
+                ))
+            }
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    let key = preload_key(key_index);
+    match get(store.addr(), &key, Duration::from_secs(5)) {
+        Ok(Some(v)) if v == preload_value(key_index) => {}
+        other => {
+            return Err(format!(
+                "GET {key} answered {:?} instead of its preloaded value",
+                other.map(|o| o.map(|v| v.chars().take(60).collect::<String>())),
+            ))
+        }
+    }
+    match get(store.addr(), "marker", Duration::from_secs(5)) {
+        Ok(Some(v)) if v == MARKER => Ok(t.elapsed()),
+        other => Err(format!("GET marker answered {other:?}")),
+    }
+}
+
+/// xorshift64*: a seeded stream of kill delays without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn kill_points(seed: u64) -> Vec<KillAt> {
+    let ms = |m: f64| Duration::from_secs_f64(m / 1000.0);
+    let mut v: Vec<KillAt> = [0.0, 2.0, 5.0, 10.0, 20.0, 40.0]
+        .into_iter()
+        .map(|m| KillAt::AfterSpawn(ms(m)))
+        .collect();
+    v.extend(
+        [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0]
+            .into_iter()
+            .map(|m| KillAt::AfterAttach(ms(m))),
+    );
+    for _ in 0..2 {
+        v.extend([
+            KillAt::InSyscall(9, Code::Vdso, "mmap of the scratch page"),
+            KillAt::InSyscall(131, Code::Scratch, "sigaltstack query, trampoline"),
+            KillAt::InSyscall(
+                202,
+                Code::Scratch,
+                "futex wait after the batched rt_sigaction queries",
+            ),
+            KillAt::InSyscall(11, Code::Vdso, "munmap of the scratch page"),
+        ]);
+    }
+    let mut rng = Rng(seed | 1);
+    for _ in 0..8 {
+        let us = rng.next() % 20_000;
+        v.push(KillAt::AfterAttach(Duration::from_micros(us)));
+    }
+    v
+}
+
+#[test]
+fn killed_dump_leaves_the_program_serving() {
+    let started = Instant::now();
+    let _ = driver::stub();
+    let dir = temp_dir("dump-killed");
+    let mut store = Service::start(
+        &fixture_bin(GoToolchain::Go127, "kvstore"),
+        &[
+            "-addr",
+            "127.0.0.1:0",
+            "-preload-mib",
+            &PRELOAD_MIB.to_string(),
+        ],
+    )
+    .expect("start kvstore");
+    let pid = store.pid();
+    put_marker(store.addr());
+    let image = dir.path().join("kv.img");
+    let log = dir.path().join("driver.stderr");
+    let nkeys = preload_count(PRELOAD_MIB);
+
+    // A complete dump first: the setup works, and how long the capture pauses.
+    let full = Instant::now();
+    let said = complete_dump(pid, &image, &log, Duration::from_secs(120)).unwrap_or_else(|e| {
+        panic!(
+            "a complete `dump --leave-running` fails, so no kill point can mean anything \
+             (the driver needs ptrace over a process it did not start: root, or \
+             kernel.yama.ptrace_scope = 0): {e}"
+        )
+    });
+    eprintln!("complete dump in {:?}: {said}", full.elapsed());
+    check_serving(&store, 0).unwrap_or_else(|e| panic!("after a complete dump: {e}"));
+
+    let seed = std::env::var("CS_DUMP_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_cafe_u64);
+    eprintln!("random kill delays from seed {seed} (CS_DUMP_KILL_SEED)");
+    let points = kill_points(seed);
+    let mut problems = Vec::new();
+    let (mut landed, mut directed_hits, mut directed) = (0, 0, 0);
+    for (i, at) in points.iter().enumerate() {
+        let rwx_before = rwx_mappings(pid);
+        let r = interrupted_dump(pid, &image, &log, *at);
+        landed += usize::from(r.landed);
+        if let KillAt::InSyscall(..) = at {
+            directed += 1;
+            directed_hits += usize::from(r.hit);
+        }
+        let health = check_serving(&store, (i * 7919) % nkeys);
+        eprintln!(
+            "kill {i:>2} {at}: SIGKILL at {:?} after spawn, {}{}{} -> {}",
+            r.at,
+            if r.landed {
+                "landed"
+            } else {
+                "driver had finished"
+            },
+            if r.hit { ", in the syscall" } else { "" },
+            if r.attached { ", after attach" } else { "" },
+            match &health {
+                Ok(t) => format!("serving (settled in {t:?})"),
+                Err(_) => "NOT SERVING".to_string(),
+            }
+        );
+        if !r.landed && !r.driver_said.contains("dumped pid") {
+            problems.push(format!(
+                "kill {i} {at}: the driver exited by itself without dumping: {}",
+                r.driver_said.trim()
+            ));
+        }
+        if let Err(e) = health {
+            // Let a crashing program finish its report, then say how it ended.
+            let t = Instant::now();
+            let end = loop {
+                match store.try_wait() {
+                    Ok(Some(s)) => break format!("it exited ({s})"),
+                    _ if t.elapsed() > Duration::from_secs(3) => {
+                        break if alive(pid) {
+                            "it is still running".to_string()
+                        } else {
+                            "it is dying".to_string()
+                        }
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            };
+            problems.push(format!(
+                "kill {i} {at} (SIGKILL {:?} after spawn, {}): {e}; {end}; its stderr \
+                 says:\n{}",
+                r.at,
+                if r.hit {
+                    "main thread seen in the injected syscall"
+                } else {
+                    "no syscall targeted or seen"
+                },
+                crash_summary(&store.stderr_tail(64 << 10))
+            ));
+            break; // the program is gone or wedged: later kill points say nothing
+        }
+        let rwx_after = rwx_mappings(pid);
+        let new: Vec<&String> = rwx_after
+            .iter()
+            .filter(|m| !rwx_before.contains(m))
+            .collect();
+        if !new.is_empty() {
+            problems.push(format!(
+                "kill {i} {at}: the interrupted dump left a writable+executable mapping \
+                 in the program (the driver's scratch page): {new:?}"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        if let Err(e) = verify_preload(store.addr(), PRELOAD_MIB, Duration::from_secs(60)) {
+            problems.push(format!("after all kills, the preloaded values: {e}"));
+        }
+        if let Err(e) = complete_dump(pid, &image, &log, Duration::from_secs(120)) {
+            problems.push(format!("after all kills, a complete dump fails: {e}"));
+        } else if let Err(e) = check_serving(&store, nkeys - 1) {
+            problems.push(format!("after the final complete dump: {e}"));
+        }
+    }
+    eprintln!(
+        "{} kill points, {landed} landed during a dump, {directed_hits} of {directed} \
+         injected-syscall windows seen; {:?} in all",
+        points.len(),
+        started.elapsed()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(
+        landed * 2 >= points.len(),
+        "only {landed} of {} kills landed while the driver was running: the dump is too \
+         fast here for these kill points to test anything",
+        points.len()
+    );
+    assert!(
+        directed_hits > 0,
+        "none of the {directed} injected-syscall windows was seen (is \
+         /proc/PID/task/PID/syscall readable here?), so the riskiest kill points were not tested"
+    );
+}
