@@ -2,6 +2,9 @@
 //!
 //! `benches/page_runs.rs`: encode and decode throughput of page runs against a memcpy
 //! baseline, 4 KiB pages, 1 % / 50 % / 100 % of a 256 MiB region dirty.
+//! `benches/checkpoint.rs`: the pause `cs-driver dump --leave-running` imposes on the
+//! kvstore fixture (16 MiB to 1 GiB preloaded), its image size against RSS, and the
+//! time from `cs-driver restore` to the program serving again.
 
 /// A deterministic xorshift64 generator (benchmarks need reproducible data, not quality).
 #[derive(Debug, Clone)]
