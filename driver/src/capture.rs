@@ -196,7 +196,8 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
         .to_vec();
     // The staging buffer is faulted in now, before the freeze: the resident size
     // of the mappings whose pages are stored, plus room for growth.
-    let rss_bytes: u64 = procfs::read_maps(pid)?
+    let smaps_before = procfs::read_maps(pid)?;
+    let rss_bytes: u64 = smaps_before
         .iter()
         .filter(|m| m.read && !m.shared && !m.has_flag("dp") && !m.name.starts_with("[v"))
         .map(|m| m.rss_kb * 1024)
@@ -224,7 +225,7 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     times.threads = t.elapsed();
 
     let t = Instant::now();
-    let maps = procfs::read_maps(pid)?;
+    let maps = procfs::read_maps_fast(pid, &smaps_before)?;
     let vdso = maps
         .iter()
         .find(|m| m.name == "[vdso]")
@@ -234,7 +235,7 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     times.inject = t.elapsed();
 
     let t = Instant::now();
-    let maps = procfs::read_maps(pid)?;
+    let maps = procfs::read_maps_fast(pid, &smaps_before)?;
     let mm = procfs::read_mm_layout(pid, &maps)?;
     let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
     let (spans, copy) = capture_memory(pid, &maps, &vmas, &mut staging)?;
@@ -247,7 +248,10 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
 
     let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
     match after {
-        After::Resume => frozen.resume(),
+        After::Resume => {
+            frozen.resume();
+            inject::redeliver_deferred(pid);
+        }
         After::Kill => {
             frozen.kill();
             times.pause = t0.elapsed();
@@ -535,9 +539,8 @@ fn batch_sigactions(
         match sys::waitpid(tid, false).map_err(CaptureError::ptrace("waitpid", tid))? {
             Some(sys::WaitStatus::Stopped(_, _, sys::PTRACE_EVENT_STOP)) => break,
             Some(sys::WaitStatus::Stopped(_, sig, 0)) => {
-                // A signal for this thread arrived: keep it pending for the program.
-                // SAFETY: tgkill takes three integers.
-                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+                // A signal for this thread arrived: hold it back until the release.
+                inject::deferred_signal(tid, sig);
                 sys::ptrace_cont(tid, 0).map_err(CaptureError::ptrace("CONT", tid))?;
                 sys::ptrace_interrupt(tid).map_err(CaptureError::ptrace("INTERRUPT", tid))?;
             }

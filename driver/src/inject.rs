@@ -54,6 +54,28 @@ pub fn normalized(r: &UserRegs, kind: Restart) -> UserRegs {
     n
 }
 
+static DEFERRED: std::sync::Mutex<Vec<(i32, i32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a signal that arrived for `tid` while it was running injected code.
+pub fn deferred_signal(tid: i32, sig: i32) {
+    if let Ok(mut d) = DEFERRED.lock() {
+        d.push((tid, sig));
+    }
+}
+
+/// Sends the signals held back during injections to their threads (call once the
+/// threads are released; a no-op for a killed process).
+pub fn redeliver_deferred(pid: i32) {
+    let list = DEFERRED
+        .lock()
+        .map(|mut d| std::mem::take(&mut *d))
+        .unwrap_or_default();
+    for (tid, sig) in list {
+        // SAFETY: tgkill takes three integers.
+        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+    }
+}
+
 /// Runs syscalls in stopped threads of one process.
 #[derive(Debug, Clone, Copy)]
 pub struct Injector {
@@ -158,10 +180,10 @@ impl Injector {
                     return Ok(())
                 }
                 Some(WaitStatus::Stopped(_, sig, 0)) => {
-                    // A signal arrived for this thread: keep it pending for later by
-                    // not delivering it now would lose it; re-queue it with tgkill.
-                    // SAFETY: tgkill takes three integers.
-                    unsafe { libc::syscall(libc::SYS_tgkill, self.pid, tid, sig) };
+                    // A signal arrived for this thread (Go preempts with SIGURG).
+                    // Re-sending it now would stop the thread on it again, forever;
+                    // hold it back and send it once the process is released.
+                    deferred_signal(tid, sig);
                     sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
                 }
                 Some(WaitStatus::Stopped(_, _, ev)) => {

@@ -198,6 +198,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let summary = image::read_image(&file, &path.display().to_string())?;
+            // An image this machine cannot restore is refused here too.
+            restore::check_cpu(&summary.plan)
+                .with_context(|| format!("{} cannot be restored here", path.display()))?;
             print!("{}", inspect::render(&summary, verbose));
             Ok(ExitCode::SUCCESS)
         }

@@ -61,6 +61,32 @@ pub fn read_maps(pid: i32) -> Result<Vec<MapEntry>, CaptureError> {
     parse_smaps(&path, &text)
 }
 
+/// The mappings, read during the freeze from `/proc/PID/maps` (cheap), with the
+/// VmFlags taken from an `smaps` read before the freeze (`smaps` walks the page
+/// tables for its counters: ~17 ms for a 1 GiB Go heap here). A mapping that is
+/// not in `before` (created or changed since) makes it read `smaps` after all.
+pub fn read_maps_fast(pid: i32, before: &[MapEntry]) -> Result<Vec<MapEntry>, CaptureError> {
+    let path = format!("/proc/{pid}/maps");
+    let text = read(&path)?;
+    let mut maps = parse_smaps(&path, &text)?;
+    let known: std::collections::HashMap<(u64, u64), &MapEntry> =
+        before.iter().map(|m| ((m.start, m.end), m)).collect();
+    for m in &mut maps {
+        match known.get(&(m.start, m.end)) {
+            Some(b)
+                if b.read == m.read
+                    && b.write == m.write
+                    && b.exec == m.exec
+                    && b.name == m.name =>
+            {
+                m.vm_flags = b.vm_flags.clone();
+            }
+            _ => return read_maps(pid),
+        }
+    }
+    Ok(maps)
+}
+
 pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, CaptureError> {
     let mut out: Vec<MapEntry> = Vec::new();
     for (i, line) in text.lines().enumerate() {

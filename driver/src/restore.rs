@@ -137,6 +137,12 @@ impl Restored {
 
 /// Checks that the image can be restored on this machine, without side effects.
 pub fn precheck(plan: &RestorePlan) -> Result<(), RestoreError> {
+    check_cpu(plan)?;
+    precheck_layout(plan)
+}
+
+/// The image's XSAVE layout (size and XCR0) must be this machine's.
+pub fn check_cpu(plan: &RestorePlan) -> Result<(), RestoreError> {
     let (host_size, host_xcr0) = sys::host_xsave_layout();
     if plan.xsave_size != host_size || plan.xcr0 != host_xcr0 {
         return Err(RestoreError::CpuMismatch {
@@ -146,6 +152,10 @@ pub fn precheck(plan: &RestorePlan) -> Result<(), RestoreError> {
             host_xcr0,
         });
     }
+    Ok(())
+}
+
+fn precheck_layout(plan: &RestorePlan) -> Result<(), RestoreError> {
     let stub_start = restore_stub::STUB_BASE;
     let stub_end = stub_start + restore_stub::STUB_MAX_LEN;
     for v in &plan.vmas {

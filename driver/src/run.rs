@@ -1,6 +1,6 @@
 //! `cs-driver run`: launch a program traced from its first instruction.
 //!
-//! The child stops itself before `exec`; the driver seizes it (`PTRACE_SEIZE` with
+//! The child waits on a pipe before `exec`; the driver seizes it (`PTRACE_SEIZE` with
 //! clone and exec events, so every thread the Go runtime creates is traced from its
 //! birth), lets it exec, and sees the `PTRACE_EVENT_EXEC` stop at the program's first
 //! instruction. The tracer loop then passes signals through unchanged, keeps group
@@ -39,9 +39,14 @@ pub fn run(argv: &[String], started: impl FnOnce(i32)) -> Result<i32, RunError> 
         .collect::<Result<_, _>>()?;
     let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let mut p = [0 as libc::c_int; 2];
-    // SAFETY: `p` is a live array of two ints.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+    // Two pipes: `go` (the driver tells the child to exec once it is seized) and
+    // `err` (close-on-exec: EOF means the exec happened, 4 bytes are an errno).
+    let mut go = [0 as libc::c_int; 2];
+    let mut err = [0 as libc::c_int; 2];
+    // SAFETY: live arrays of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) } < 0
+        || unsafe { libc::pipe2(err.as_mut_ptr(), libc::O_CLOEXEC) } < 0
+    {
         return Err(RunError::Sys {
             op: "pipe2",
             source: std::io::Error::last_os_error(),
@@ -56,39 +61,52 @@ pub fn run(argv: &[String], started: impl FnOnce(i32)) -> Result<i32, RunError> 
         });
     }
     if pid == 0 {
-        // SAFETY: raise/execvp/write/_exit on data prepared before the fork.
+        // SAFETY: read/execvp/write/_exit on data prepared before the fork.
         unsafe {
-            libc::close(p[0]);
-            libc::raise(libc::SIGSTOP);
+            libc::close(go[1]);
+            libc::close(err[0]);
+            let mut b = [0u8; 1];
+            libc::read(go[0], b.as_mut_ptr() as *mut libc::c_void, 1);
             libc::execvp(ptrs[0], ptrs.as_ptr());
             let e = std::io::Error::last_os_error()
                 .raw_os_error()
                 .unwrap_or(0)
                 .to_le_bytes();
-            libc::write(p[1], e.as_ptr() as *const libc::c_void, 4);
+            libc::write(err[1], e.as_ptr() as *const libc::c_void, 4);
             libc::_exit(127);
         }
     }
-    // SAFETY: closing our copy of the write end.
-    unsafe { libc::close(p[1]) };
-    // Wait for the self-stop, seize, let it exec.
-    let mut status = 0;
-    // SAFETY: waitpid writes one int.
-    unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+    // SAFETY: closing our copies of the child's ends.
+    unsafe {
+        libc::close(go[0]);
+        libc::close(err[1]);
+    }
     let opts = sys::PTRACE_O_TRACECLONE | sys::PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEEXEC;
-    sys::ptrace_seize(pid, opts).map_err(|e| RunError::Sys {
+    let seized = sys::ptrace_seize(pid, opts);
+    // SAFETY: one byte from a live array, then closing our end: the child execs.
+    unsafe {
+        libc::write(go[1], [1u8].as_ptr() as *const libc::c_void, 1);
+        libc::close(go[1]);
+    }
+    seized.map_err(|e| RunError::Sys {
         op: "PTRACE_SEIZE",
         source: e,
     })?;
-    // SAFETY: kill(2) with integers.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
     let mut e = [0u8; 4];
     // SAFETY: reading 4 bytes into a live array; EOF (0) means the exec succeeded.
-    let n = unsafe { libc::read(p[0], e.as_mut_ptr() as *mut libc::c_void, 4) };
+    let n = unsafe { libc::read(err[0], e.as_mut_ptr() as *mut libc::c_void, 4) };
     // SAFETY: closing our read end.
-    unsafe { libc::close(p[0]) };
+    unsafe { libc::close(err[0]) };
     if n == 4 {
-        let _ = sys::waitpid(pid, false);
+        // Let the failed child run to its _exit and reap it.
+        while let Ok(Some(st)) = sys::waitpid(pid, false) {
+            match st {
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => break,
+                WaitStatus::Stopped(t, sig, _) => {
+                    let _ = sys::ptrace_cont(t, if sig == libc::SIGTRAP { 0 } else { sig });
+                }
+            }
+        }
         return Err(RunError::Exec {
             prog: argv[0].clone(),
             source: std::io::Error::from_raw_os_error(i32::from_le_bytes(e)),
