@@ -44,9 +44,10 @@ pub fn run(argv: &[String], started: impl FnOnce(i32)) -> Result<i32, RunError> 
     let mut go = [0 as libc::c_int; 2];
     let mut err = [0 as libc::c_int; 2];
     // SAFETY: live arrays of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) } < 0
-        || unsafe { libc::pipe2(err.as_mut_ptr(), libc::O_CLOEXEC) } < 0
-    {
+    let rc = unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) };
+    // SAFETY: as above.
+    let rc2 = unsafe { libc::pipe2(err.as_mut_ptr(), libc::O_CLOEXEC) };
+    if rc < 0 || rc2 < 0 {
         return Err(RunError::Sys {
             op: "pipe2",
             source: std::io::Error::last_os_error(),
