@@ -495,6 +495,9 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
         rlimits: Vec::new(),
         vmas: Vec::new(),
         fds: Vec::new(),
+        exe: Vec::new(),
+        mm: MmLayout::default(),
+        auxv: Vec::new(),
     };
     let mut s = ImageSummary {
         plan: plan.clone(),
@@ -534,6 +537,8 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
                 plan.boottime_ns = p.clock_boottime_ns;
                 plan.cwd = p.cwd_path.to_vec();
                 plan.umask = p.umask;
+                plan.exe = p.exe_path.to_vec();
+                plan.auxv = p.auxv.to_vec();
                 plan.rlimits = p
                     .rlimits
                     .iter()
@@ -622,6 +627,7 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
             detail: "the image ends before its epoch commit".into(),
         });
     }
+    plan.mm = s.mm;
     s.plan = plan;
     Ok(s)
 }

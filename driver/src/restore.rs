@@ -50,6 +50,10 @@ pub struct RestorePlan {
     pub rlimits: Vec<Rlimit>,
     pub vmas: Vec<VmaCapture>,
     pub fds: Vec<FdCapture>,
+    /// The program's executable (for `/proc/PID/exe`), mm layout and auxv.
+    pub exe: Vec<u8>,
+    pub mm: crate::procfs::MmLayout,
+    pub auxv: Vec<u8>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -661,6 +665,14 @@ pub fn restore(
         image.try_clone().map_err(sys_err("dup image"))?.into(),
         floor,
     )?;
+    // The program's executable, inherited by the new process so that /proc/PID/exe
+    // can point at it again once the stub is gone (PR_SET_MM_MAP exe_fd).
+    let exe_fd: Option<OwnedFd> = match std::fs::File::open(std::ffi::OsStr::from_bytes(&plan.exe))
+    {
+        Ok(f) => Some(lift(f.into(), floor)?),
+        Err(_) => None,
+    };
+    let exe_raw = exe_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     let (rep_r, rep_w) = pipe_cloexec("pipe2(report)")?;
     let rep_w = lift(rep_w, floor)?;
     let (err_r, err_w) = pipe_cloexec("pipe2(errors)")?;
@@ -745,7 +757,7 @@ pub fn restore(
                 libc::_exit(0);
             }
             // B: pid 1 of the new namespace.
-            let close_in_init = [image_fd.as_raw_fd(), rep_w.as_raw_fd(), rep_r_raw];
+            let close_in_init = [image_fd.as_raw_fd(), rep_w.as_raw_fd(), rep_r_raw, exe_raw];
             init_main(
                 &set_tid,
                 &moves,
@@ -789,7 +801,9 @@ pub fn restore(
         });
     }
     let host_pid = program_pid(init_pid)?;
-    if let Err(e) = finish_threads(host_pid, &report) {
+    let exe_in_target = exe_fd.as_ref().map(|f| f.as_raw_fd());
+    drop(exe_fd);
+    if let Err(e) = finish_threads(host_pid, &report, plan, exe_in_target) {
         // SAFETY: kill(2) with integers: the half-restored program must not run.
         unsafe { libc::kill(host_pid, libc::SIGKILL) };
         let _ = sys::waitpid(init_pid, false);
@@ -869,7 +883,18 @@ fn init_main(
             child_fail(errw, b"clone3 with set_tid (is the pid free?)");
         }
         if c == 0 {
-            program_main(moves, adds, out_fd, err_fd, cwd, rlimits, argv, envp, errw);
+            program_main(
+                moves,
+                adds,
+                out_fd,
+                err_fd,
+                cwd,
+                rlimits,
+                argv,
+                envp,
+                errw,
+                close_in_init[3],
+            );
         }
         // Close everything we hold (the driver waits for EOF on some of these),
         // then reap until the program is gone.
@@ -917,6 +942,7 @@ unsafe fn program_main(
     argv: &[*const libc::c_char; 4],
     envp: &[*const libc::c_char; 1],
     errw: RawFd,
+    exe_raw: RawFd,
 ) -> ! {
     // SAFETY: raw syscalls only, on data prepared before the fork.
     unsafe {
@@ -980,7 +1006,10 @@ unsafe fn program_main(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // The stub's two fds must survive the exec.
+        // The stub's two fds (and the executable's) must survive the exec.
+        if exe_raw >= 0 {
+            libc::fcntl(exe_raw, libc::F_SETFD, 0);
+        }
         for a in [argv[1], argv[2]] {
             let mut fd = 0i32;
             let mut p = a;
@@ -1007,7 +1036,12 @@ fn program_pid(init_pid: i32) -> Result<i32, RestoreError> {
 
 /// Steps every thread through `rt_sigreturn` at the stub's gadget, unmaps the stub
 /// from the main thread, and lets the program run.
-fn finish_threads(host_pid: i32, report: &Report<'_>) -> Result<(), CaptureError> {
+fn finish_threads(
+    host_pid: i32,
+    report: &Report<'_>,
+    plan: &RestorePlan,
+    exe_fd: Option<RawFd>,
+) -> Result<(), CaptureError> {
     let tids = procfs::list_tids(host_pid)?;
     let mut by_inner = std::collections::HashMap::new();
     let mut seized = Vec::new();
@@ -1071,6 +1105,93 @@ fn finish_threads(host_pid: i32, report: &Report<'_>) -> Result<(), CaptureError
             detail: format!("munmap of the stub: errno {}", -rc),
         });
     }
+    if let Some(fd) = exe_fd {
+        if let Err(e) = set_exe(host_pid, main, &regs, plan, fd) {
+            eprintln!("cs-driver: warning: /proc/{host_pid}/exe still names the restore stub: {e}");
+        }
+    }
     release(&seized);
     Ok(())
+}
+
+/// Points `/proc/PID/exe` back at the program's executable: with the stub unmapped,
+/// `PR_SET_MM_MAP` may change the exe file (it is refused with EBUSY while the old one
+/// is still mapped). Runs in the main thread at a `syscall` of the restored vDSO,
+/// with the `prctl_mm_map` and auxv in a scratch page; then closes the inherited fd.
+fn set_exe(
+    pid: i32,
+    main: i32,
+    regs: &sys::UserRegs,
+    plan: &RestorePlan,
+    fd: RawFd,
+) -> Result<(), CaptureError> {
+    let vdso = plan
+        .vmas
+        .iter()
+        .find(|v| v.kind == VmaKind::Vdso)
+        .map(|v| (v.start, v.end));
+    let inj = Injector::new(pid, vdso)?;
+    let fail = |nr: u64, what: &str, rc: i64| CaptureError::Inject {
+        tid: main,
+        nr,
+        detail: format!("{what}: errno {}", -rc),
+    };
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let scratch = inj.syscall(main, regs, 9, [0, 4096, prot, flags, u64::MAX, 0])?;
+    if scratch < 0 {
+        return Err(fail(9, "mmap", scratch));
+    }
+    let scratch = scratch as u64;
+    let result = (|| {
+        let auxv = &plan.auxv[..plan.auxv.len().min(2048)];
+        let m = &plan.mm;
+        let mut st = Vec::with_capacity(104 + auxv.len());
+        for v in [
+            m.start_code,
+            m.end_code,
+            m.start_data,
+            m.end_data,
+            m.start_brk,
+            m.brk,
+            m.start_stack,
+            m.arg_start,
+            m.arg_end,
+            m.env_start,
+            m.env_end,
+            scratch + 128,
+        ] {
+            st.extend_from_slice(&v.to_le_bytes());
+        }
+        st.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
+        st.extend_from_slice(&(fd as u32).to_le_bytes());
+        st.resize(128, 0);
+        st.extend_from_slice(auxv);
+        sys::write_remote(pid, scratch, &st).map_err(|source| CaptureError::Memory {
+            pid,
+            addr: scratch,
+            len: st.len(),
+            source,
+        })?;
+        let rc = inj.syscall(
+            main,
+            regs,
+            157,
+            [
+                libc::PR_SET_MM as u64,
+                libc::PR_SET_MM_MAP as u64,
+                scratch,
+                104,
+                0,
+                0,
+            ],
+        )?;
+        if rc < 0 {
+            return Err(fail(157, "prctl(PR_SET_MM_MAP, exe_fd)", rc));
+        }
+        Ok(())
+    })();
+    let _ = inj.syscall(main, regs, 3, [fd as u64, 0, 0, 0, 0, 0]);
+    let _ = inj.syscall(main, regs, 11, [scratch, 4096, 0, 0, 0, 0]);
+    result
 }

@@ -35,6 +35,19 @@ fn tick_count(tc: GoToolchain, addr: &str) -> u64 {
         .unwrap_or_else(|| panic!("bad tick value {v:?}"))
 }
 
+/// The fd numbers open in `pid`, sorted.
+fn fd_numbers(pid: u32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
 /// The mappings that describe the program (the vsyscall page is the kernel's).
 fn program_maps(pid: u32) -> Vec<(u64, u64, String)> {
     maps(pid)
@@ -68,6 +81,8 @@ fn dump_and_restore(tc: GoToolchain) {
     let ticks_before = tick_count(tc, &addr);
     let tids_before = seen_tids(pid);
     let maps_before = program_maps(pid);
+    let exe_before = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe link");
+    let fds_before = fd_numbers(pid);
     let image = dir.path().join("kv.img");
     let t = Instant::now();
     driver::dump(pid, &image, false);
@@ -75,6 +90,8 @@ fn dump_and_restore(tc: GoToolchain) {
     let restore_done = t.elapsed();
     let maps_after = program_maps(restored.pid);
     let tids_after = seen_tids(restored.pid);
+    let exe_after = std::fs::read_link(format!("/proc/{}/exe", restored.pid)).expect("exe link");
+    let fds_after = fd_numbers(restored.pid);
     drop(store);
 
     // Identity: the pid and every tid the program saw before are the ones it sees now.
