@@ -459,7 +459,14 @@ fn fill_pages(st: &State, fd: usize, off: u64, plen: usize) -> R<()> {
             // Fault the run in with one call (cheaper than a trap per page while
             // the kernel copies into it); a failure here only costs speed.
             // SAFETY: madvise on pages of a VMA we mapped writable.
-            unsafe { syscall3(nr::MADVISE, start as usize, len as usize, 23 /* MADV_POPULATE_WRITE */) };
+            unsafe {
+                syscall3(
+                    nr::MADVISE,
+                    start as usize,
+                    len as usize,
+                    23, /* MADV_POPULATE_WRITE */
+                )
+            };
             read_exact(fd, start as *mut u8, len as usize, off)
         }
         2 if data_len == 0 => Ok(()),

@@ -112,6 +112,14 @@ fn dump_and_restore(tc: GoToolchain) {
         "restored /proc/PID/maps differs from the original\nstderr:\n{}",
         restored.stderr_tail()
     );
+    assert_eq!(
+        exe_after, exe_before,
+        "/proc/PID/exe must name the program again, not the stub"
+    );
+    assert_eq!(
+        fds_after, fds_before,
+        "the restored program has exactly the original's fd numbers"
+    );
     wait_until_accepting(&addr, Duration::from_secs(10))
         .expect("restored kvstore accepts connections");
 
