@@ -85,6 +85,12 @@ pub enum RestoreError {
     VdsoMismatch { image: String, host: String },
     #[error("fd {fd}: {detail}")]
     Fd { fd: i32, detail: String },
+    #[error("{path} (mapped at {start:#x}) cannot be opened: {source}")]
+    MappedFile {
+        path: PathBuf,
+        start: u64,
+        source: std::io::Error,
+    },
     #[error("cannot find the restore stub at {path}: {source}")]
     Stub {
         path: PathBuf,
@@ -160,6 +166,19 @@ pub fn check_cpu(plan: &RestorePlan) -> Result<(), RestoreError> {
 }
 
 fn precheck_layout(plan: &RestorePlan) -> Result<(), RestoreError> {
+    // Every file the program had mapped must still be there (the stub maps them by path).
+    for v in &plan.vmas {
+        if let VmaKind::File { path, .. } = &v.kind {
+            let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+            if let Err(source) = std::fs::metadata(p) {
+                return Err(RestoreError::MappedFile {
+                    path: p.to_path_buf(),
+                    start: v.start,
+                    source,
+                });
+            }
+        }
+    }
     let stub_start = restore_stub::STUB_BASE;
     let stub_end = stub_start + restore_stub::STUB_MAX_LEN;
     for v in &plan.vmas {

@@ -150,3 +150,27 @@ fn inspect_summarises_an_image() {
     }
     assert!(text.contains(&format!("pid {}", store.pid())), "{text}");
 }
+
+#[test]
+fn restore_refuses_an_image_whose_executable_is_gone() {
+    let dir = temp_dir("cs-missing-exe");
+    let exe = dir.path().join("kvstore-copy");
+    std::fs::copy(fixture_bin(GoToolchain::Go127, "kvstore"), &exe).expect("copy kvstore");
+    let store = Service::start(&exe, &["-addr", "127.0.0.1:0"]).expect("start the copy");
+    let addr = store.addr().to_string();
+    let image = dir.path().join("kv.img");
+    driver::dump(store.pid(), &image, false);
+    drop(store);
+    std::fs::remove_file(&exe).expect("remove the executable");
+    let out = cs(&["restore", image.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kvstore-copy") && err.contains("mapped at 0x400000"),
+        "{err}"
+    );
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "nothing may have been started"
+    );
+}
