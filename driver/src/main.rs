@@ -93,28 +93,43 @@ fn main() -> ExitCode {
 }
 
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+/// A forwarded signal that arrived before the program's pid was known.
+static EARLY: AtomicI32 = AtomicI32::new(0);
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 extern "C" fn forward(sig: libc::c_int) {
-    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    let pid = FORWARD_TO.load(Ordering::SeqCst);
     if pid > 0 {
         // SAFETY: kill(2) is async-signal-safe and takes integers.
         unsafe { libc::kill(pid, sig) };
+    } else {
+        EARLY.store(sig, Ordering::SeqCst);
     }
 }
 
-/// Forward the usual termination and user signals to `pid`.
-fn forward_signals(pid: i32) {
-    FORWARD_TO.store(pid, Ordering::Relaxed);
-    for sig in [
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-    ] {
-        // SAFETY: installing an async-signal-safe handler that only calls kill(2).
+/// From now on the usual termination and user signals are caught; they go to the
+/// program once [`forward_to`] names it (one that came earlier is sent then).
+fn catch_signals() {
+    for sig in FORWARDED {
+        // SAFETY: installing an async-signal-safe handler that only calls kill(2)
+        // or stores to an atomic.
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
+}
+
+fn forward_to(pid: i32) {
+    FORWARD_TO.store(pid, Ordering::SeqCst);
+    let early = EARLY.swap(0, Ordering::SeqCst);
+    if early != 0 {
+        // SAFETY: kill(2) with integers.
+        unsafe { libc::kill(pid, early) };
     }
 }
 
@@ -125,7 +140,8 @@ fn exit_code(code: i32) -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Run { argv } => {
-            let code = run::run(&argv, forward_signals).context("run")?;
+            catch_signals();
+            let code = run::run(&argv, forward_to).context("run")?;
             Ok(exit_code(code))
         }
         Cmd::Dump {
@@ -172,6 +188,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let summary = image::read_image(&file, &path.display().to_string())?;
+            if !detach {
+                catch_signals();
+            }
             let opts = restore::RestoreOptions {
                 stub,
                 stdout,
@@ -189,7 +208,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", r.host_pid);
                 return Ok(ExitCode::SUCCESS);
             }
-            forward_signals(r.host_pid);
+            forward_to(r.host_pid);
             Ok(exit_code(r.wait()))
         }
         Cmd::Inspect {
