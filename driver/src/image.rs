@@ -498,6 +498,7 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
         exe: Vec::new(),
         mm: MmLayout::default(),
         auxv: Vec::new(),
+        runs: Vec::new(),
     };
     let mut s = ImageSummary {
         plan: plan.clone(),
@@ -605,7 +606,12 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
                 s.page_frames += 1;
                 match r.encoding {
                     cf::PageEncoding::Zero => s.pages_zero += u64::from(r.npages),
-                    cf::PageEncoding::Raw => s.pages_stored += u64::from(r.npages),
+                    cf::PageEncoding::Raw => {
+                        s.pages_stored += u64::from(r.npages);
+                        // Raw data sits at the start of the payload (trailer layout).
+                        plan.runs
+                            .push((r.start, (off + cf::HEADER_LEN) as u64, r.len_bytes()));
+                    }
                     cf::PageEncoding::Lz4 => {
                         return Err(frame_err(
                             off,

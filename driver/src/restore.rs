@@ -21,7 +21,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -54,6 +54,8 @@ pub struct RestorePlan {
     pub exe: Vec<u8>,
     pub mm: crate::procfs::MmLayout,
     pub auxv: Vec<u8>,
+    /// Raw page runs: (address, byte offset of the data in the image, length).
+    pub runs: Vec<(u64, u64, usize)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -697,6 +699,8 @@ pub fn restore(
     let (err_r, err_w) = pipe_cloexec("pipe2(errors)")?;
     let err_w = lift(err_w, floor)?;
     let (pid_r, pid_w) = pipe_cloexec("pipe2(pid)")?;
+    let (go_r, go_w) = pipe_cloexec("pipe2(go)")?;
+    let go_r = lift(go_r, floor)?;
     let redirect = |p: &Option<PathBuf>| -> Result<Option<OwnedFd>, RestoreError> {
         match p {
             None => Ok(None),
@@ -715,10 +719,12 @@ pub fn restore(
     let cwd = CString::new(plan.cwd.clone()).unwrap_or_else(|_| CString::new("/").expect("no NUL"));
     let arg1 = CString::new(image_fd.as_raw_fd().to_string()).expect("digits");
     let arg2 = CString::new(rep_w.as_raw_fd().to_string()).expect("digits");
+    let arg3 = CString::new(go_r.as_raw_fd().to_string()).expect("digits");
     let argv = [
         stub_c.as_ptr(),
         arg1.as_ptr(),
         arg2.as_ptr(),
+        arg3.as_ptr(),
         std::ptr::null(),
     ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
@@ -746,7 +752,36 @@ pub fn restore(
         .collect();
     let (err_w_raw, pid_w_raw) = (err_w.as_raw_fd(), pid_w.as_raw_fd());
     let rep_r_raw = rep_r.as_raw_fd();
+    let go_w_raw = go_w.as_raw_fd();
 
+    // Every other descriptor the driver has (inherited from whoever started it, e.g.
+    // a build tool's jobserver pipe) must not reach the program: the new process
+    // closes all numbers but these before the exec.
+    let mut keep: Vec<u32> = vec![0, 1, 2];
+    keep.extend(plan.fds.iter().map(|f| f.fd as u32));
+    keep.extend(
+        [
+            image_fd.as_raw_fd(),
+            rep_w.as_raw_fd(),
+            go_r.as_raw_fd(),
+            err_w.as_raw_fd(),
+        ]
+        .map(|f| f as u32),
+    );
+    if exe_raw >= 0 {
+        keep.push(exe_raw as u32);
+    }
+    keep.sort_unstable();
+    keep.dedup();
+    let mut close_gaps: Vec<(u32, u32)> = Vec::new();
+    let mut next = 0u32;
+    for &k in &keep {
+        if k > next {
+            close_gaps.push((next, k - 1));
+        }
+        next = k + 1;
+    }
+    close_gaps.push((next, u32::MAX));
     // SAFETY: fork(2). The child runs only async-signal-safe syscalls on data
     // prepared above, then execs or _exits.
     let a = unsafe { libc::fork() };
@@ -776,7 +811,14 @@ pub fn restore(
                 libc::_exit(0);
             }
             // B: pid 1 of the new namespace.
-            let close_in_init = [image_fd.as_raw_fd(), rep_w.as_raw_fd(), rep_r_raw, exe_raw];
+            let close_in_init = [
+                image_fd.as_raw_fd(),
+                rep_w.as_raw_fd(),
+                rep_r_raw,
+                exe_raw,
+                go_r.as_raw_fd(),
+                go_w_raw,
+            ];
             init_main(
                 &set_tid,
                 &moves,
@@ -789,6 +831,7 @@ pub fn restore(
                 &envp,
                 err_w_raw,
                 &close_in_init,
+                &close_gaps,
             )
         }
     }
@@ -804,7 +847,27 @@ pub fn restore(
     };
     drop(moves);
     // Wait for the stub's report (or a pre-exec failure, or the child's death).
-    let rep = read_report(File::from(rep_r)).map_err(sys_err("reading the stub's report"))?;
+    drop(go_r);
+    let mut rep_file = File::from(rep_r);
+    let mut first = [0u8; 4];
+    let got = read_full(&mut rep_file, &mut first).map_err(sys_err("reading the stub's report"))?;
+    let rep = if got == 4 && first == restore_stub::report::PAGES_MAGIC {
+        // The stub mapped every VMA; fill the pages from here, one stream per core.
+        let host = program_pid(init_pid)?;
+        let filled = fill_pages(host, image, &plan.runs);
+        // Either way, let the stub go on (it reports or is killed below).
+        let _ = (&File::from(go_w)).write_all(&[1]);
+        if let Err(e) = filled {
+            // SAFETY: kill(2) with integers: the half-restored program must not run.
+            unsafe { libc::kill(host, libc::SIGKILL) };
+            let _ = sys::waitpid(init_pid, false);
+            return Err(e);
+        }
+        read_report(rep_file, &[]).map_err(sys_err("reading the stub's report"))?
+    } else {
+        drop(go_w);
+        read_report(rep_file, &first[..got]).map_err(sys_err("reading the stub's report"))?
+    };
     if rep.is_empty() {
         let e = read_preexec_error(err_r);
         let _ = sys::waitpid(init_pid, false);
@@ -835,11 +898,74 @@ pub fn restore(
     })
 }
 
-/// Reads one report: the fixed header, then as many entries as it announces (the
-/// stub does not close the pipe's other copies, so EOF cannot delimit it).
-fn read_report(mut f: File) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; restore_stub::report::HEADER_LEN];
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
+    while got < buf.len() {
+        let n = f.read(&mut buf[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// Copies every raw page run from the image into the new process (whose VMAs the
+/// stub has mapped writable), split across cores like the dump's copy.
+fn fill_pages(pid: i32, image: &File, runs: &[(u64, u64, usize)]) -> Result<(), RestoreError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let map = crate::image::Mapped::new(image, "image").map_err(|e| RestoreError::Sys {
+        op: "mapping the image".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let bytes = map.bytes();
+    let total: usize = runs.iter().map(|r| r.2).sum();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let share = total.div_ceil(workers);
+    let mut jobs: Vec<Vec<(&[u8], u64)>> = vec![Vec::new()];
+    let mut acc = 0usize;
+    for &(addr, off, len) in runs {
+        let data =
+            bytes
+                .get(off as usize..off as usize + len)
+                .ok_or_else(|| RestoreError::Sys {
+                    op: format!("page run at {addr:#x}"),
+                    source: std::io::Error::other("data outside the image"),
+                })?;
+        if acc >= share {
+            jobs.push(Vec::new());
+            acc = 0;
+        }
+        jobs.last_mut().expect("one job").push((data, addr));
+        acc += len;
+    }
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|j| sc.spawn(move || sys::write_remote_vec(pid, j)))
+            .collect();
+        hs.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("copy thread panicked")))
+        })
+    })
+    .map_err(sys_err(
+        "writing pages into the new process (process_vm_writev)",
+    ))
+}
+
+/// Reads one report: the fixed header, then as many entries as it announces (the
+/// stub does not close the pipe's other copies, so EOF cannot delimit it). `prefix`
+/// are bytes of it already read.
+fn read_report(mut f: File, prefix: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; restore_stub::report::HEADER_LEN];
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut got = prefix.len();
     while got < buf.len() {
         let n = f.read(&mut buf[got..])?;
         if n == 0 {
@@ -855,6 +981,11 @@ fn read_report(mut f: File) -> std::io::Result<Vec<u8>> {
         0,
     );
     f.read_exact(&mut buf[got..])?;
+    // Then wait for end-of-file: the stub closes the report fd right after writing,
+    // and it must have done so before its threads are taken over (else the fd stays
+    // open in the program). Every other write end is closed by now.
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest)?;
     Ok(buf)
 }
 
@@ -882,10 +1013,11 @@ fn init_main(
     err_fd: Option<&OwnedFd>,
     cwd: &CString,
     rlimits: &[(u32, libc::rlimit64)],
-    argv: &[*const libc::c_char; 4],
+    argv: &[*const libc::c_char; 5],
     envp: &[*const libc::c_char; 1],
     errw: RawFd,
     close_in_init: &[RawFd],
+    close_gaps: &[(u32, u32)],
 ) -> ! {
     // SAFETY: everything below is raw syscalls on data prepared before the fork.
     unsafe {
@@ -913,6 +1045,7 @@ fn init_main(
                 envp,
                 errw,
                 close_in_init[3],
+                close_gaps,
             );
         }
         // Close everything we hold (the driver waits for EOF on some of these),
@@ -958,10 +1091,11 @@ unsafe fn program_main(
     err_fd: Option<&OwnedFd>,
     cwd: &CString,
     rlimits: &[(u32, libc::rlimit64)],
-    argv: &[*const libc::c_char; 4],
+    argv: &[*const libc::c_char; 5],
     envp: &[*const libc::c_char; 1],
     errw: RawFd,
     exe_raw: RawFd,
+    close_gaps: &[(u32, u32)],
 ) -> ! {
     // SAFETY: raw syscalls only, on data prepared before the fork.
     unsafe {
@@ -1025,11 +1159,15 @@ unsafe fn program_main(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // Nothing but the program's fds and the stub's reaches the exec.
+        for &(lo, hi) in close_gaps {
+            libc::syscall(libc::SYS_close_range, lo, hi, 0);
+        }
         // The stub's two fds (and the executable's) must survive the exec.
         if exe_raw >= 0 {
             libc::fcntl(exe_raw, libc::F_SETFD, 0);
         }
-        for a in [argv[1], argv[2]] {
+        for a in [argv[1], argv[2], argv[3]] {
             let mut fd = 0i32;
             let mut p = a;
             while *p != 0 {

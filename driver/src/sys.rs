@@ -420,3 +420,54 @@ pub fn host_xsave_layout() -> (u32, u64) {
     }
     (r.ebx, (u64::from(xcr0_hi) << 32) | u64::from(xcr0_lo))
 }
+
+/// Writes each `(bytes, remote address)` pair into process `pid` with
+/// `process_vm_writev`, up to 1024 pairs a call. Errors name the first address of
+/// the call that failed.
+pub fn write_remote_vec(pid: i32, pairs: &[(&[u8], u64)]) -> io::Result<()> {
+    for chunk in pairs.chunks(1024) {
+        let local: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|(b, _)| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let remote: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|(b, a)| libc::iovec {
+                iov_base: *a as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let want: usize = chunk.iter().map(|(b, _)| b.len()).sum();
+        // SAFETY: every local iovec covers a live slice of `pairs`; the kernel checks
+        // the remote ranges.
+        let rc = unsafe {
+            libc::process_vm_writev(
+                pid,
+                local.as_ptr(),
+                local.len() as u64,
+                remote.as_ptr(),
+                remote.len() as u64,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if rc as usize != want {
+            // A short write: finish the rest one pair at a time (rare).
+            let mut done = rc as usize;
+            for (b, a) in chunk {
+                if done >= b.len() {
+                    done -= b.len();
+                    continue;
+                }
+                write_remote(pid, a + done as u64, &b[done..])?;
+                done = 0;
+            }
+        }
+    }
+    Ok(())
+}

@@ -172,6 +172,10 @@ fn frame_base(i: usize) -> *mut u8 {
 struct Args {
     image_fd: usize,
     report_fd: usize,
+    /// With a third argument the driver fills the pages itself (in parallel, with
+    /// process_vm_writev): at the first page run the stub writes `CSPG` to the report
+    /// fd, waits for one byte on this fd, and then skips every page run.
+    go_fd: Option<usize>,
 }
 
 fn parse_args(sp: *const usize) -> R<Args> {
@@ -194,9 +198,15 @@ fn parse_args(sp: *const usize) -> R<Args> {
     };
     let image_fd = restore_stub::parse_decimal(arg(1)).ok_or(Fail(Phase::Args, 0, 1))? as usize;
     let report_fd = restore_stub::parse_decimal(arg(2)).ok_or(Fail(Phase::Args, 0, 2))? as usize;
+    let go_fd = if argc > 3 {
+        Some(restore_stub::parse_decimal(arg(3)).ok_or(Fail(Phase::Args, 0, 3))? as usize)
+    } else {
+        None
+    };
     Ok(Args {
         image_fd,
         report_fd,
+        go_fd,
     })
 }
 
@@ -556,6 +566,7 @@ fn restore(args: &Args) -> R<State> {
     let fd = args.image_fd;
     let mut hdr = [0u8; core_format::HEADER_LEN];
     let mut pos: u64 = 0;
+    let mut pages_handed_over = false;
     loop {
         read_exact(fd, hdr.as_mut_ptr(), hdr.len(), pos)?;
         let h = FrameHeader::parse_bytes(&hdr).map_err(|_| Fail(Phase::Format, 0, pos))?;
@@ -563,7 +574,29 @@ fn restore(args: &Args) -> R<State> {
         let payload_at = pos + hdr.len() as u64;
         pos = payload_at + plen as u64;
         if h.kind == FrameKind::PageRun {
-            fill_pages(&st, fd, payload_at, plen)?;
+            match args.go_fd {
+                None => fill_pages(&st, fd, payload_at, plen)?,
+                Some(go) if !pages_handed_over => {
+                    // Every VMA is mapped (and writable): let the driver fill them.
+                    // SAFETY: write/read on our own fds from live buffers.
+                    unsafe {
+                        syscall3(
+                            nr::WRITE,
+                            args.report_fd,
+                            restore_stub::report::PAGES_MAGIC.as_ptr() as usize,
+                            4,
+                        );
+                        let mut b = [0u8; 1];
+                        let rc = syscall3(nr::READ, go, b.as_mut_ptr() as usize, 1);
+                        if rc != 1 {
+                            return Err(Fail(Phase::FillPages, rc as i64, 0));
+                        }
+                        syscall3(nr::CLOSE, go, 0, 0);
+                    }
+                    pages_handed_over = true;
+                }
+                Some(_) => {}
+            }
             continue;
         }
         if plen > FRAME_BUF_BYTES {

@@ -20,6 +20,8 @@
 use crate::MAX_THREADS;
 
 pub const MAGIC: [u8; 4] = *b"CSRP";
+/// Sent alone, before the report, when the stub hands page filling to the driver.
+pub const PAGES_MAGIC: [u8; 4] = *b"CSPG";
 pub const HEADER_LEN: usize = 56;
 pub const ENTRY_LEN: usize = 16;
 pub const MAX_LEN: usize = HEADER_LEN + ENTRY_LEN * MAX_THREADS;

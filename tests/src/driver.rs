@@ -4,6 +4,7 @@
 //! (`target/release` under `scripts/test.sh`). They must be built first:
 //! `cargo build --release -p cs-driver && cargo build --release -p restore-stub --features bin`
 //! (scripts/test.sh does this). A missing binary fails the test with that command.
+//! `CS_SHOW_DRIVER=1` prints the driver's stderr of successful restores.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -138,6 +139,9 @@ pub fn restore_detached(image: &Path, dir: &Path) -> Result<Restored, String> {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
+    }
+    if std::env::var_os("CS_SHOW_DRIVER").is_some() {
+        eprintln!("driver stderr: {}", String::from_utf8_lossy(&out.stderr));
     }
     let pid: u32 = String::from_utf8_lossy(&out.stdout)
         .trim()

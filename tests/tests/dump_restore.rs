@@ -48,6 +48,17 @@ fn fd_numbers(pid: u32) -> Vec<i32> {
     v
 }
 
+fn fd_links(pid: u32) -> Vec<(i32, String)> {
+    fd_numbers(pid)
+        .into_iter()
+        .map(|n| {
+            let l =
+                std::fs::read_link(format!("/proc/{pid}/fd/{n}")).map(|p| p.display().to_string());
+            (n, l.unwrap_or_default())
+        })
+        .collect()
+}
+
 /// The mappings that describe the program (the vsyscall page is the kernel's).
 fn program_maps(pid: u32) -> Vec<(u64, u64, String)> {
     maps(pid)
@@ -117,8 +128,10 @@ fn dump_and_restore(tc: GoToolchain) {
         "/proc/PID/exe must name the program again, not the stub"
     );
     assert_eq!(
-        fds_after, fds_before,
-        "the restored program has exactly the original's fd numbers"
+        fds_after,
+        fds_before,
+        "the restored program has exactly the original's fd numbers; now: {:?}",
+        fd_links(restored.pid)
     );
     wait_until_accepting(&addr, Duration::from_secs(10))
         .expect("restored kvstore accepts connections");
