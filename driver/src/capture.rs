@@ -624,7 +624,10 @@ fn vma_of(m: &MapEntry) -> Result<VmaCapture, CaptureError> {
 
 /// Whether a mapping's pages are stored in the image.
 pub fn stores_pages(v: &VmaCapture) -> bool {
+    // A shared file mapping's contents are the file's: it is mapped again, not stored.
+    let shared_file = v.shared && matches!(v.kind, VmaKind::File { .. });
     v.prot & PROT_R != 0
+        && !shared_file
         && !v.droppable
         && !matches!(
             v.kind,
@@ -647,11 +650,17 @@ fn capture_memory(
             continue;
         }
         if v.shared {
-            return Err(CaptureError::Proc {
-                path: format!("/proc/{pid}/maps"),
-                detail: format!(
-                    "shared mapping {:#x}-{:#x} ({}) is not supported",
-                    m.start, m.end, m.name
+            return Err(CaptureError::Unsupported {
+                pid,
+                what: format!(
+                    "shared memory that is not a file mapping at {:#x}-{:#x} ({})",
+                    m.start,
+                    m.end,
+                    if m.name.is_empty() {
+                        "anonymous"
+                    } else {
+                        &m.name
+                    }
                 ),
             });
         }

@@ -36,6 +36,8 @@ pub enum CaptureError {
     },
     #[error("fd {fd} of process {pid}: {detail}")]
     Fd { pid: i32, fd: i32, detail: String },
+    #[error("process {pid} uses something CheckSync cannot capture yet: {what}")]
+    Unsupported { pid: i32, what: String },
     #[error("thread {tid}: XSAVE area is {got} bytes, expected {want}")]
     Xsave { tid: i32, got: usize, want: usize },
 }

@@ -282,15 +282,21 @@ fn map_vma(st: &mut State, v: &core_format::Vma<'_>) -> R<()> {
         _ => {}
     }
     let reservation = v.is_reservation();
+    // A shared file mapping is the file itself: mapped shared, nothing to fill.
+    let shared = v.flags.contains(VmaFlags::SHARED);
     // Writable while pages are filled; fixed up to the final protection afterwards.
-    let prot = if reservation {
+    let prot = if reservation || shared && prot_final == 0 {
         0
+    } else if shared {
+        prot_final
     } else {
         prot_final | arch::PROT_WRITE
     };
     let mut flags = arch::MAP_FIXED_NOREPLACE;
     if v.flags.contains(VmaFlags::DROPPABLE) {
         flags |= arch::MAP_DROPPABLE;
+    } else if shared {
+        flags |= arch::MAP_SHARED;
     } else {
         flags |= arch::MAP_PRIVATE;
     }
@@ -311,7 +317,13 @@ fn map_vma(st: &mut State, v: &core_format::Vma<'_>) -> R<()> {
             syscall3(
                 nr::OPEN,
                 path.as_ptr() as usize,
-                0o2000000, /* O_RDONLY | O_CLOEXEC */
+                // O_CLOEXEC, and O_RDWR only for a writable shared mapping.
+                0o2000000
+                    | if shared && prot_final & arch::PROT_WRITE != 0 {
+                        2
+                    } else {
+                        0
+                    },
                 0,
             )
         };

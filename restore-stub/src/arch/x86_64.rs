@@ -95,6 +95,7 @@ pub fn gettid() -> i32 {
 pub const PROT_READ: usize = 1;
 pub const PROT_WRITE: usize = 2;
 pub const PROT_EXEC: usize = 4;
+pub const MAP_SHARED: usize = 0x01;
 pub const MAP_PRIVATE: usize = 0x02;
 pub const MAP_DROPPABLE: usize = 0x08;
 pub const MAP_FIXED: usize = 0x10;
