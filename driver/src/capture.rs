@@ -452,12 +452,13 @@ fn inject_queries(
 }
 
 /// Queries the handlers of `sigs` in one run of injected code: the scratch page
-/// gets `rt_sigaction(sig, NULL, &out[i], 8)` for each signal, then a store to a
-/// done flag, then a 1 s futex wait on it, then `rt_sigreturn` (rsp is at the
-/// thread's safety frame). The driver lets the thread run (`PTRACE_CONT`), polls the
-/// flag, interrupts the thread in its futex wait and puts its registers back: two
-/// ptrace round trips instead of two per signal. If the driver dies meanwhile, the
-/// wait times out and `rt_sigreturn` resumes the thread where it was frozen.
+/// gets `rt_sigaction(sig, NULL, &out[i], 8)` for each signal, then `rt_sigreturn`
+/// (rsp is at the thread's safety frame). The driver steps it from syscall stop to
+/// syscall stop without touching registers, skips the final `rt_sigreturn` and puts
+/// the registers back: no register traffic per signal. If the driver dies meanwhile,
+/// the thread runs on into `rt_sigreturn` and resumes where it was frozen. (An
+/// earlier version waited on a futex and was interrupted; a driver killed in that
+/// window once left the program's main thread with a bad epoll_wait result.)
 fn batch_sigactions(
     safe: &Injector,
     tid: i32,
@@ -467,8 +468,6 @@ fn batch_sigactions(
 ) -> Result<Vec<SigAction>, CaptureError> {
     let pid = safe.pid;
     let base = safe.gadget; // the scratch mapping
-    let done = base + 128;
-    let timespec = base + 144;
     let code_at = base + 256;
     let out = base + PAGE;
     let mut code: Vec<u8> = Vec::with_capacity(64 * 30 + 64);
@@ -482,17 +481,6 @@ fn batch_sigactions(
         code.extend_from_slice(&[0x41, 0xba, 8, 0, 0, 0]); // mov r10d, 8
         code.extend_from_slice(&[0x0f, 0x05]); // syscall
     }
-    code.extend_from_slice(&[0x48, 0xb8]); // movabs rax, done
-    code.extend_from_slice(&done.to_le_bytes());
-    code.extend_from_slice(&[0xc7, 0x00, 1, 0, 0, 0]); // mov dword [rax], 1
-    code.extend_from_slice(&[0x48, 0xbf]); // movabs rdi, done
-    code.extend_from_slice(&done.to_le_bytes());
-    code.extend_from_slice(&[0xb8, 202, 0, 0, 0]); // mov eax, futex
-    code.extend_from_slice(&[0xbe, 128, 0, 0, 0]); // mov esi, FUTEX_WAIT_PRIVATE
-    code.extend_from_slice(&[0xba, 1, 0, 0, 0]); // mov edx, 1
-    code.extend_from_slice(&[0x49, 0xba]); // movabs r10, timespec
-    code.extend_from_slice(&timespec.to_le_bytes());
-    code.extend_from_slice(&[0x0f, 0x05]); // syscall
     code.extend_from_slice(&[0xb8, 15, 0, 0, 0, 0x0f, 0x05, 0x0f, 0x0b]); // rt_sigreturn; ud2
     if code_at + code.len() as u64 > base + PAGE {
         return Err(CaptureError::Inject {
@@ -509,9 +497,6 @@ fn batch_sigactions(
             source,
         }
     };
-    let mut flags = [0u8; 32];
-    flags[16..24].copy_from_slice(&1u64.to_le_bytes()); // timespec { 1 s, 0 }
-    sys::write_remote(pid, done, &flags).map_err(merr(done, 32))?;
     let sentinel = vec![0xa5u8; 32 * sigs.len()];
     sys::write_remote(pid, out, &sentinel).map_err(merr(out, sentinel.len()))?;
     sys::write_remote(pid, code_at, &code).map_err(merr(code_at, code.len()))?;
@@ -520,33 +505,61 @@ fn batch_sigactions(
     r.rsp = frame_rsp;
     r.orig_rax = u64::MAX;
     sys::ptrace_setregs(tid, &r).map_err(CaptureError::ptrace("SETREGS", tid))?;
-    sys::ptrace_cont(tid, 0).map_err(CaptureError::ptrace("CONT", tid))?;
-    let t = Instant::now();
-    let mut word = [0u8; 4];
+    // Step from syscall stop to syscall stop (no register traffic) until the entry
+    // of the closing rt_sigreturn; there the thread's own registers go back, the
+    // skipped syscall's exit stop is taken, and they are set once more.
+    let mut entries = 0usize;
     loop {
-        sys::read_remote(pid, &mut word, &[(done, 4)]).map_err(merr(done, 4))?;
-        if word == [1, 0, 0, 0] {
-            break;
-        }
-        if t.elapsed() > Duration::from_millis(500) {
-            // Stop it anyway; the registers are put back below.
-            break;
-        }
-        std::thread::sleep(Duration::from_micros(20));
-    }
-    sys::ptrace_interrupt(tid).map_err(CaptureError::ptrace("INTERRUPT", tid))?;
-    loop {
+        sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
         match sys::waitpid(tid, false).map_err(CaptureError::ptrace("waitpid", tid))? {
-            Some(sys::WaitStatus::Stopped(_, _, sys::PTRACE_EVENT_STOP)) => break,
+            Some(sys::WaitStatus::Stopped(_, sig, 0)) if sig == (libc::SIGTRAP | 0x80) => {
+                entries += 1;
+                // Stops alternate entry/exit; entry number `sigs.len() + 1` is
+                // rt_sigreturn (stop index 2 * sigs.len()).
+                if entries == 2 * sigs.len() + 1 {
+                    break;
+                }
+            }
             Some(sys::WaitStatus::Stopped(_, sig, 0)) => {
                 // A signal for this thread arrived: hold it back until the release.
                 inject::deferred_signal(tid, sig);
-                sys::ptrace_cont(tid, 0).map_err(CaptureError::ptrace("CONT", tid))?;
-                sys::ptrace_interrupt(tid).map_err(CaptureError::ptrace("INTERRUPT", tid))?;
+            }
+            Some(sys::WaitStatus::Stopped(..)) => {}
+            other => {
+                return Err(CaptureError::UnexpectedStop {
+                    tid,
+                    phase: "signal handler query",
+                    detail: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    let at_entry = sys::ptrace_getregs(tid).map_err(CaptureError::ptrace("GETREGS", tid))?;
+    if at_entry.orig_rax != 15 {
+        return Err(CaptureError::Inject {
+            tid,
+            nr: SYS_RT_SIGACTION,
+            detail: format!(
+                "expected the closing rt_sigreturn, stopped at syscall {}",
+                at_entry.orig_rax as i64
+            ),
+        });
+    }
+    // Skip rt_sigreturn (orig_rax = -1) and run to its exit stop, then put the
+    // thread's own registers back.
+    let mut skip = *regs;
+    skip.orig_rax = u64::MAX;
+    sys::ptrace_setregs(tid, &skip).map_err(CaptureError::ptrace("SETREGS", tid))?;
+    sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
+    loop {
+        match sys::waitpid(tid, false).map_err(CaptureError::ptrace("waitpid", tid))? {
+            Some(sys::WaitStatus::Stopped(_, sig, 0)) if sig == (libc::SIGTRAP | 0x80) => break,
+            Some(sys::WaitStatus::Stopped(_, sig, 0)) => {
+                inject::deferred_signal(tid, sig);
+                sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
             }
             Some(sys::WaitStatus::Stopped(..)) => {
-                sys::ptrace_cont(tid, 0).map_err(CaptureError::ptrace("CONT", tid))?;
-                sys::ptrace_interrupt(tid).map_err(CaptureError::ptrace("INTERRUPT", tid))?;
+                sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
             }
             other => {
                 return Err(CaptureError::UnexpectedStop {
@@ -558,13 +571,6 @@ fn batch_sigactions(
         }
     }
     sys::ptrace_setregs(tid, regs).map_err(CaptureError::ptrace("SETREGS", tid))?;
-    if word != [1, 0, 0, 0] {
-        return Err(CaptureError::Inject {
-            tid,
-            nr: SYS_RT_SIGACTION,
-            detail: "the injected signal-handler queries did not finish within 500 ms".into(),
-        });
-    }
     let mut buf = vec![0u8; 32 * sigs.len()];
     let n = buf.len();
     sys::read_remote(pid, &mut buf, &[(out, n)]).map_err(merr(out, n))?;
