@@ -225,8 +225,8 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     times.threads = t.elapsed();
 
     let t = Instant::now();
-    let maps = procfs::read_maps_fast(pid, &smaps_before)?;
-    let vdso = maps
+    // The vDSO does not move: its place is taken from the read before the freeze.
+    let vdso = smaps_before
         .iter()
         .find(|m| m.name == "[vdso]")
         .map(|m| (m.start, m.end));

@@ -819,20 +819,21 @@ pub fn restore(
                 go_r.as_raw_fd(),
                 go_w_raw,
             ];
-            init_main(
-                &set_tid,
-                &moves,
-                &adds,
-                out_fd.as_ref(),
-                err_fd.as_ref(),
-                &cwd,
-                &rlimits,
-                &argv,
-                &envp,
-                err_w_raw,
-                &close_in_init,
-                &close_gaps,
-            )
+            let setup = ChildSetup {
+                moves: &moves,
+                adds: &adds,
+                out_fd: out_fd.as_ref(),
+                err_fd: err_fd.as_ref(),
+                cwd: &cwd,
+                rlimits: &rlimits,
+                argv: &argv,
+                envp: &envp,
+                errw: err_w_raw,
+                exe_raw,
+                close_in_init: &close_in_init,
+                close_gaps: &close_gaps,
+            };
+            init_main(&set_tid, &setup)
         }
     }
     drop(pid_w);
@@ -1003,22 +1004,38 @@ fn read_preexec_error(err_r: OwnedFd) -> RestoreError {
     ))
 }
 
-/// Code of the namespace init (B). Never returns.
-#[allow(clippy::too_many_arguments)]
-fn init_main(
-    set_tid: &[libc::pid_t; 1],
-    moves: &[FdMove],
-    adds: &[EpollAdd],
-    out_fd: Option<&OwnedFd>,
-    err_fd: Option<&OwnedFd>,
-    cwd: &CString,
-    rlimits: &[(u32, libc::rlimit64)],
-    argv: &[*const libc::c_char; 5],
-    envp: &[*const libc::c_char; 1],
+/// Everything the namespace init and the program's process use after the fork,
+/// prepared before it (they may not allocate).
+#[derive(Clone, Copy)]
+struct ChildSetup<'a> {
+    moves: &'a [FdMove],
+    adds: &'a [EpollAdd],
+    out_fd: Option<&'a OwnedFd>,
+    err_fd: Option<&'a OwnedFd>,
+    cwd: &'a CString,
+    rlimits: &'a [(u32, libc::rlimit64)],
+    argv: &'a [*const libc::c_char; 5],
+    envp: &'a [*const libc::c_char; 1],
+    /// Pre-exec error pipe.
     errw: RawFd,
-    close_in_init: &[RawFd],
-    close_gaps: &[(u32, u32)],
-) -> ! {
+    /// The program's executable, inherited for PR_SET_MM_MAP (-1 if none).
+    exe_raw: RawFd,
+    /// Control fds the init closes after creating the program's process.
+    close_in_init: &'a [RawFd],
+    /// Fd ranges the program's process closes before the exec.
+    close_gaps: &'a [(u32, u32)],
+}
+
+/// Code of the namespace init (B). Never returns.
+fn init_main(set_tid: &[libc::pid_t; 1], setup: &ChildSetup<'_>) -> ! {
+    let ChildSetup {
+        moves,
+        out_fd,
+        err_fd,
+        errw,
+        close_in_init,
+        ..
+    } = *setup;
     // SAFETY: everything below is raw syscalls on data prepared before the fork.
     unsafe {
         let mut args: libc::clone_args = std::mem::zeroed();
@@ -1034,19 +1051,7 @@ fn init_main(
             child_fail(errw, b"clone3 with set_tid (is the pid free?)");
         }
         if c == 0 {
-            program_main(
-                moves,
-                adds,
-                out_fd,
-                err_fd,
-                cwd,
-                rlimits,
-                argv,
-                envp,
-                errw,
-                close_in_init[3],
-                close_gaps,
-            );
+            program_main(setup);
         }
         // Close everything we hold (the driver waits for EOF on some of these),
         // then reap until the program is gone.
@@ -1083,20 +1088,24 @@ fn init_main(
 }
 
 /// Code of the program's process (C) before the exec. Never returns.
-#[allow(clippy::too_many_arguments)]
-unsafe fn program_main(
-    moves: &[FdMove],
-    adds: &[EpollAdd],
-    out_fd: Option<&OwnedFd>,
-    err_fd: Option<&OwnedFd>,
-    cwd: &CString,
-    rlimits: &[(u32, libc::rlimit64)],
-    argv: &[*const libc::c_char; 5],
-    envp: &[*const libc::c_char; 1],
-    errw: RawFd,
-    exe_raw: RawFd,
-    close_gaps: &[(u32, u32)],
-) -> ! {
+///
+/// # Safety
+/// Call only in a freshly forked child: it replaces the fd table and execs.
+unsafe fn program_main(setup: &ChildSetup<'_>) -> ! {
+    let ChildSetup {
+        moves,
+        adds,
+        out_fd,
+        err_fd,
+        cwd,
+        rlimits,
+        argv,
+        envp,
+        errw,
+        exe_raw,
+        close_gaps,
+        ..
+    } = *setup;
     // SAFETY: raw syscalls only, on data prepared before the fork.
     unsafe {
         // Without O_CLOEXEC even where the program had it: the fds must survive the
