@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cs_tests::driver::{self, cs, cs_ok};
-use cs_tests::fixture::{fixture_bin, temp_dir, wait_until_accepting, GoToolchain, Service};
+use cs_tests::fixture::{
+    fixture_bin, temp_dir, wait_until_accepting, FixtureError, GoToolchain, Service,
+};
 
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
     let t = Instant::now();
@@ -156,7 +158,21 @@ fn restore_refuses_an_image_whose_executable_is_gone() {
     let dir = temp_dir("cs-missing-exe");
     let exe = dir.path().join("kvstore-copy");
     std::fs::copy(fixture_bin(GoToolchain::Go127, "kvstore"), &exe).expect("copy kvstore");
-    let store = Service::start(&exe, &["-addr", "127.0.0.1:0"]).expect("start the copy");
+    // Another test thread may fork while the copy's write fd is open; its
+    // child holds that fd until it execs, and exec of the copy then fails
+    // with ETXTBSY for that short window. Retry only that error.
+    let mut tries = 0;
+    let store = loop {
+        match Service::start(&exe, &["-addr", "127.0.0.1:0"]) {
+            Err(FixtureError::Spawn { source, .. })
+                if source.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.expect("start the copy"),
+        }
+    };
     let addr = store.addr().to_string();
     let image = dir.path().join("kv.img");
     driver::dump(store.pid(), &image, false);
