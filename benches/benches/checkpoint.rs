@@ -9,7 +9,12 @@
 //!    program running between two captures. Criterion gets the summed
 //!    `times.pause` (first interrupt to resume) through `iter_custom`, so it reports
 //!    the pause the program feels, not the whole call (which also allocates and frees
-//!    the staging buffer outside the pause);
+//!    the staging buffer outside the pause). The capture pre-copies: it
+//!    write-protects the memory and copies every page while the program runs,
+//!    then copies inside the freeze only what was written since (the pre-copy's
+//!    own short stop, to create the tracker, is reported beside it);
+//!    `pause_full/<N>MiB` is the same capture with the pre-copy off (every page
+//!    copied inside the freeze), measured right after, side by side;
 //! 3. three more captures with a client pinging the program over TCP, one request at
 //!    a time: the longest gap between two replies that overlaps a capture is the
 //!    stall a client saw, a cross-check of `times.pause` from outside the driver;
@@ -60,7 +65,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode};
 use cs_benches::criterion_median_ns;
-use cs_driver::capture::{capture, After, CaptureTimes, PAGE};
+use cs_driver::capture::{capture, capture_with, After, CaptureTimes, Options, PAGE};
 use cs_driver::image::write_image;
 
 /// Preload sizes (MiB) whose pause is measured.
@@ -333,16 +338,19 @@ fn wait_gone(pid: i32, addr: SocketAddr) {
 #[derive(Clone, Copy, Debug)]
 struct PauseSample {
     times: CaptureTimes,
-    npages: u64,
 }
 
 fn capture_resume(kv: &KvStore) -> PauseSample {
-    let c = capture(kv.pid, After::Resume)
+    capture_resume_with(kv, Options::default())
+}
+
+fn capture_resume_with(kv: &KvStore, opts: Options) -> PauseSample {
+    let c = capture_with(kv.pid, After::Resume, opts)
         .unwrap_or_else(|e| panic!("capture of kvstore pid {} failed: {e}", kv.pid));
-    PauseSample {
-        times: c.times,
-        npages: c.npages(),
+    if let Some(note) = &c.precopy_note {
+        panic!("the pre-copy was asked for and not used: {note}");
     }
+    PauseSample { times: c.times }
 }
 
 /// One capture with a TCP client pinging the program: (pause, longest reply gap
@@ -492,6 +500,8 @@ struct SizeReport {
     first: Option<PauseSample>,
     /// Measured captures (the warm-up one excluded).
     pauses: Vec<PauseSample>,
+    /// The same without the pre-copy: every page copied inside the freeze.
+    pauses_full: Vec<PauseSample>,
     /// (pause, longest client-seen reply gap).
     probes: Vec<(Duration, Duration)>,
     /// Measured restores (the warm-up one excluded).
@@ -534,6 +544,25 @@ fn bench_size(c: &mut Criterion, mib: u64, dir: &Path) -> SizeReport {
     g.finish();
     rep.first = all.first().copied();
     rep.pauses = all.get(1..).unwrap_or_default().to_vec();
+
+    // Side by side in the same run: every page copied inside the freeze.
+    let mut all = Vec::new();
+    let mut g = c.benchmark_group("pause_full");
+    configure(&mut g);
+    g.bench_function(id.clone(), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                thread::sleep(SETTLE);
+                let s = capture_resume_with(&kv, Options { precopy: false });
+                total += s.times.pause;
+                all.push(s);
+            }
+            total
+        })
+    });
+    g.finish();
+    rep.pauses_full = all.get(1..).unwrap_or_default().to_vec();
 
     for _ in 0..PROBE_RUNS {
         rep.probes.push(probed_capture(&kv));
@@ -693,11 +722,11 @@ fn phase_row(size: &str, what: &str, samples: &[PauseSample]) {
         samples
             .iter()
             .filter(|s| !s.times.copy.is_zero())
-            .map(|s| (s.npages * PAGE) as f64 / s.times.copy.as_secs_f64() / 1e9)
+            .map(|s| (s.times.paused_pages * PAGE) as f64 / s.times.copy.as_secs_f64() / 1e9)
             .collect(),
     );
     println!(
-        "| {size} | {what} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {size} | {what} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         samples.len(),
         col(&|s| ms(s.times.pause)),
         col(&|s| ms(s.times.freeze)),
@@ -707,7 +736,16 @@ fn phase_row(size: &str, what: &str, samples: &[PauseSample]) {
         col(&|s| ms(s.times.copy)),
         col(&|s| ms(s.times.fds)),
         col(&rest),
+        median(
+            samples
+                .iter()
+                .map(|s| s.times.paused_pages as f64)
+                .collect()
+        )
+        .map_or("—".into(), |p| format!("{p:.0}")),
         gbs.map_or("—".into(), |g| format!("{g:.2}")),
+        col(&|s| ms(s.times.precopy)),
+        col(&|s| ms(s.times.prefreeze)),
     );
 }
 
@@ -765,6 +803,17 @@ fn summary(reports: &[SizeReport], load_before: &str) {
             pause_criu_ms(r.mib),
         );
     }
+    for r in reports {
+        let m = crit_ms("pause_full", r.mib);
+        row(
+            "pause without pre-copy (--no-precopy)",
+            r,
+            m,
+            r.pauses_full.len(),
+            pause_target_ms(r.mib),
+            pause_criu_ms(r.mib),
+        );
+    }
     for r in reports.iter().filter(|r| RESTORE_MIB.contains(&r.mib)) {
         let m = crit_ms("restore", r.mib);
         row(
@@ -801,13 +850,14 @@ fn summary(reports: &[SizeReport], load_before: &str) {
          columns do not add up exactly; `first` is the process's first capture, \
          criterion's warm-up, not in the medians):"
     );
-    println!("| preload | captures | pause | freeze | threads | inject | memory | of which copy | fds | rest | copy GB/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| preload | captures | pause | freeze | threads | inject | memory | of which copy | fds | rest | pages copied in the pause | copy GB/s | pre-copy (program running) | its stop |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in reports {
-        phase_row(&format!("{} MiB", r.mib), "measured", &r.pauses);
+        phase_row(&format!("{} MiB", r.mib), "pre-copy", &r.pauses);
         if let Some(f) = r.first {
-            phase_row(&format!("{} MiB", r.mib), "first", &[f]);
+            phase_row(&format!("{} MiB", r.mib), "pre-copy, first", &[f]);
         }
+        phase_row(&format!("{} MiB", r.mib), "no pre-copy", &r.pauses_full);
     }
     println!();
     println!(

@@ -20,6 +20,7 @@ use crate::inject::{self, Injector, Restart};
 use crate::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::staging::Staging;
 use crate::sys::{self, UserRegs};
+use crate::track::{self, Tracker};
 
 pub const PAGE: u64 = 4096;
 /// Scratch space per thread for its safety frame (XSAVE areas reach ~11 KiB with AMX).
@@ -115,6 +116,28 @@ pub struct CaptureTimes {
     pub fds: Duration,
     /// From the first interrupt to the resume (or kill).
     pub pause: Duration,
+    /// Pre-copy, while the program runs: creating the write tracker (which stops
+    /// the program for `prefreeze`), protecting, and copying every present page.
+    pub precopy: Duration,
+    pub prefreeze: Duration,
+    /// Pages copied before the freeze, and pages (re)copied inside it.
+    pub staged_pages: u64,
+    pub paused_pages: u64,
+}
+
+/// How to capture.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Copy every present page while the program still runs, with write-protect
+    /// tracking, and inside the freeze copy only the pages written since
+    /// ([`crate::track`]). Without it the whole memory is copied in the freeze.
+    pub precopy: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { precopy: true }
+    }
 }
 
 /// Everything captured from one process.
@@ -144,6 +167,8 @@ pub struct Capture {
     pub boottime_ns: u64,
     pub kernel_release: Vec<u8>,
     pub times: CaptureTimes,
+    /// Why the pre-copy was not used, when it was asked for and could not be.
+    pub precopy_note: Option<String>,
 }
 
 impl Capture {
@@ -164,8 +189,13 @@ const SYS_MUNMAP: u64 = 11;
 const SYS_RT_SIGACTION: u64 = 13;
 const SYS_SIGALTSTACK: u64 = 131;
 
-/// Freezes `pid`, captures it, then resumes or kills it.
+/// Freezes `pid`, captures it, then resumes or kills it (with the default options).
 pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
+    capture_with(pid, after, Options::default())
+}
+
+/// Freezes `pid`, captures it, then resumes or kills it.
+pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, CaptureError> {
     let status = procfs::read_status(pid)?;
     let ns_pid = *status.ns_pid.last().ok_or_else(|| CaptureError::Proc {
         path: format!("/proc/{pid}/status"),
@@ -207,12 +237,34 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
             path: "staging buffer".into(),
             source: e,
         })?;
+    // The vDSO does not move: its place is taken from the read before the freeze.
+    let vdso = smaps_before
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .map(|m| (m.start, m.end));
+    let mut times = CaptureTimes::default();
+    let mut precopy_note = None;
+    let pre = if opts.precopy {
+        let t = Instant::now();
+        let pre = precopy(pid, pidfd.as_raw_fd(), vdso, &smaps_before, &mut staging);
+        times.precopy = t.elapsed();
+        match pre {
+            Ok(p) => {
+                times.prefreeze = p.prefreeze;
+                times.staged_pages = p.bytes as u64 / PAGE;
+                Some(p)
+            }
+            Err(e) => {
+                precopy_note = Some(format!("pre-copy not used: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
-    let mut times = CaptureTimes {
-        freeze: t0.elapsed(),
-        ..Default::default()
-    };
+    times.freeze = t0.elapsed();
 
     let t = Instant::now();
     let mut threads = Vec::with_capacity(frozen.tids.len());
@@ -225,11 +277,6 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     times.threads = t.elapsed();
 
     let t = Instant::now();
-    // The vDSO does not move: its place is taken from the read before the freeze.
-    let vdso = smaps_before
-        .iter()
-        .find(|m| m.name == "[vdso]")
-        .map(|m| (m.start, m.end));
     let injector = Injector::new(pid, vdso)?;
     let sigactions = inject_queries(&injector, &mut threads, &status)?;
     times.inject = t.elapsed();
@@ -238,8 +285,12 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     let maps = procfs::read_maps_fast(pid, &smaps_before)?;
     let mm = procfs::read_mm_layout(pid, &maps)?;
     let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
-    let (spans, copy) = capture_memory(pid, &maps, &vmas, &mut staging)?;
+    let (spans, copy, copied) = match &pre {
+        Some(p) => capture_memory_tracked(pid, &maps, &vmas, &mut staging, p)?,
+        None => capture_memory(pid, &maps, &vmas, &mut staging)?,
+    };
     times.copy = copy;
+    times.paused_pages = copied;
     times.memory = t.elapsed();
 
     let t = Instant::now();
@@ -269,6 +320,8 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
     if after == After::Resume {
         times.pause = t0.elapsed();
     }
+    // Closing the tracker's uffd (its last reference) ends the write tracking.
+    drop(pre);
 
     Ok(Capture {
         host_pid: pid,
@@ -292,6 +345,7 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
         boottime_ns,
         kernel_release,
         times,
+        precopy_note,
     })
 }
 
@@ -646,7 +700,7 @@ fn capture_memory(
     maps: &[MapEntry],
     vmas: &[VmaCapture],
     staging: &mut Staging,
-) -> Result<(Vec<PageSpan>, Duration), CaptureError> {
+) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
     let pagemap = Pagemap::open(pid)?;
     let mut entries = Vec::new();
     let mut spans: Vec<PageSpan> = Vec::new();
@@ -655,21 +709,7 @@ fn capture_memory(
         if !stores_pages(v) {
             continue;
         }
-        if v.shared {
-            return Err(CaptureError::Unsupported {
-                pid,
-                what: format!(
-                    "shared memory that is not a file mapping at {:#x}-{:#x} ({})",
-                    m.start,
-                    m.end,
-                    if m.name.is_empty() {
-                        "anonymous"
-                    } else {
-                        &m.name
-                    }
-                ),
-            });
-        }
+        refuse_shared_anon(pid, m, v)?;
         let file_backed = matches!(v.kind, VmaKind::File { .. });
         pagemap.read(m.start, m.end, &mut entries)?;
         for (i, e) in entries.iter().enumerate() {
@@ -689,76 +729,308 @@ fn capture_memory(
             total += 1;
         }
     }
-    staging
-        .set_len((total * PAGE) as usize)
-        .map_err(|e| CaptureError::ProcIo {
-            path: "staging buffer".into(),
-            source: e,
-        })?;
+    grow(staging, (total * PAGE) as usize)?;
     let t = Instant::now();
-    copy_parallel(pid, &spans, staging.as_mut_slice())?;
-    Ok((spans, t.elapsed()))
+    let jobs: Vec<Job> = spans
+        .iter()
+        .map(|s| Job {
+            remote: s.start,
+            len: (s.npages * PAGE) as usize,
+            local: s.offset,
+        })
+        .collect();
+    copy_jobs(pid, jobs, staging.as_mut_slice())?;
+    Ok((spans, t.elapsed(), total))
 }
 
-/// Copies the spans into `dst` (laid out back to back) with one `process_vm_readv`
-/// stream per core: each stream pins and copies 4 KiB source pages at ~1 us a page
-/// here, so the copy scales with the cores until memory bandwidth binds.
-fn copy_parallel(pid: i32, spans: &[PageSpan], dst: &mut [u8]) -> Result<(), CaptureError> {
-    let total = dst.len();
+fn refuse_shared_anon(pid: i32, m: &MapEntry, v: &VmaCapture) -> Result<(), CaptureError> {
+    if v.shared {
+        return Err(CaptureError::Unsupported {
+            pid,
+            what: format!(
+                "shared memory that is not a file mapping at {:#x}-{:#x} ({})",
+                m.start,
+                m.end,
+                if m.name.is_empty() {
+                    "anonymous"
+                } else {
+                    &m.name
+                }
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn grow(staging: &mut Staging, len: usize) -> Result<(), CaptureError> {
+    staging.set_len(len).map_err(|e| CaptureError::ProcIo {
+        path: "staging buffer".into(),
+        source: e,
+    })
+}
+
+/// The state the pre-copy leaves for the freeze.
+#[derive(Debug)]
+pub struct Precopy {
+    tracker: Tracker,
+    /// Pages copied while the program ran, in address order, back to back from
+    /// offset 0 of the staging buffer.
+    staged: Vec<PageSpan>,
+    bytes: usize,
+    prefreeze: Duration,
+}
+
+/// Write-protects the program's private writable memory, then copies every present
+/// page while the program runs. Pages written afterwards are found in the freeze.
+fn precopy(
+    pid: i32,
+    pidfd: i32,
+    vdso: Option<(u64, u64)>,
+    smaps: &[MapEntry],
+    staging: &mut Staging,
+) -> Result<Precopy, CaptureError> {
+    let t = Instant::now();
+    let mut tracker = Tracker::create(pid, pidfd, vdso)?;
+    let prefreeze = t.elapsed();
+    for m in smaps {
+        let v = vma_of(m)?;
+        if stores_pages(&v) && m.write && !m.shared {
+            // A range the kernel refuses is simply copied in the freeze.
+            tracker.protect(m.start, m.end);
+        }
+    }
+    let mut regions = Vec::new();
+    for &(start, end) in &tracker.protected {
+        track::scan(
+            &tracker.pagemap,
+            start,
+            end,
+            track::Query::stored(0),
+            &mut regions,
+        )
+        .map_err(|e| CaptureError::ProcIo {
+            path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
+            source: e,
+        })?;
+    }
+    let mut staged: Vec<PageSpan> = Vec::with_capacity(regions.len());
+    let mut bytes = 0usize;
+    for r in &regions {
+        let npages = (r.end - r.start) / PAGE;
+        match staged.last_mut() {
+            Some(s) if s.start + s.npages * PAGE == r.start => s.npages += npages,
+            _ => staged.push(PageSpan {
+                start: r.start,
+                npages,
+                offset: bytes,
+            }),
+        }
+        bytes += (npages * PAGE) as usize;
+    }
+    grow(staging, bytes)?;
+    let jobs = staged
+        .iter()
+        .map(|s| Job {
+            remote: s.start,
+            len: (s.npages * PAGE) as usize,
+            local: s.offset,
+        })
+        .collect();
+    copy_jobs(pid, jobs, staging.as_mut_slice())?;
+    Ok(Precopy {
+        tracker,
+        staged,
+        bytes,
+        prefreeze,
+    })
+}
+
+/// The freeze's half of the pre-copy: one `PAGEMAP_SCAN` per stored mapping lists
+/// the present pages with their written / tracked state. A page that is tracked,
+/// unwritten and was staged keeps its staged bytes; a written page that was staged
+/// is copied again into its slot; any other present page (new, or in a mapping
+/// that is not tracked) is copied to the end of the buffer. Staged pages that are
+/// no longer present are left out.
+fn capture_memory_tracked(
+    pid: i32,
+    maps: &[MapEntry],
+    vmas: &[VmaCapture],
+    staging: &mut Staging,
+    pre: &Precopy,
+) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
+    let mut regions = Vec::new();
+    let q = track::Query::stored(track::PAGE_IS_WRITTEN | track::PAGE_IS_WPALLOWED);
+    for (m, v) in maps.iter().zip(vmas) {
+        if !stores_pages(v) {
+            continue;
+        }
+        refuse_shared_anon(pid, m, v)?;
+        track::scan(&pre.tracker.pagemap, m.start, m.end, q, &mut regions).map_err(|e| {
+            CaptureError::ProcIo {
+                path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
+                source: e,
+            }
+        })?;
+    }
+    let staged = &pre.staged;
+    let staged_end = |i: usize| staged[i].start + staged[i].npages * PAGE;
+    let mut spans: Vec<PageSpan> = Vec::with_capacity(regions.len());
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut append = pre.bytes;
+    let mut si = 0usize;
+    let push = |spans: &mut Vec<PageSpan>, start: u64, end: u64, offset: usize| {
+        let npages = (end - start) / PAGE;
+        match spans.last_mut() {
+            Some(s)
+                if s.start + s.npages * PAGE == start
+                    && s.offset + (s.npages * PAGE) as usize == offset =>
+            {
+                s.npages += npages
+            }
+            _ => spans.push(PageSpan {
+                start,
+                npages,
+                offset,
+            }),
+        }
+    };
+    for r in &regions {
+        let clean = r.categories & track::PAGE_IS_WPALLOWED != 0
+            && r.categories & track::PAGE_IS_WRITTEN == 0;
+        let mut a = r.start;
+        while a < r.end {
+            while si < staged.len() && staged_end(si) <= a {
+                si += 1;
+            }
+            if si < staged.len() && staged[si].start <= a {
+                let e = r.end.min(staged_end(si));
+                let off = staged[si].offset + (a - staged[si].start) as usize;
+                push(&mut spans, a, e, off);
+                if !clean {
+                    jobs.push(Job {
+                        remote: a,
+                        len: (e - a) as usize,
+                        local: off,
+                    });
+                }
+                a = e;
+            } else {
+                let e = r.end.min(staged.get(si).map_or(u64::MAX, |s| s.start));
+                push(&mut spans, a, e, append);
+                jobs.push(Job {
+                    remote: a,
+                    len: (e - a) as usize,
+                    local: append,
+                });
+                append += (e - a) as usize;
+                a = e;
+            }
+        }
+    }
+    grow(staging, append)?;
+    let copied = jobs.iter().map(|j| j.len as u64).sum::<u64>() / PAGE;
+    let t = Instant::now();
+    copy_jobs(pid, jobs, staging.as_mut_slice())?;
+    Ok((spans, t.elapsed(), copied))
+}
+
+/// Copy `len` bytes at `remote` in the target to `local` in the staging buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Job {
+    remote: u64,
+    len: usize,
+    local: usize,
+}
+
+/// Runs copy jobs (disjoint local ranges) with one `process_vm_readv` stream per
+/// core: each stream pins and copies 4 KiB source pages at ~1 us a page here, so
+/// the copy scales with the cores until memory bandwidth binds. Jobs whose local
+/// ranges follow each other go into one call.
+fn copy_jobs(pid: i32, mut jobs: Vec<Job>, dst: &mut [u8]) -> Result<(), CaptureError> {
+    jobs.sort_unstable_by_key(|j| j.local);
+    let total: usize = jobs.iter().map(|j| j.len).sum();
+    if total == 0 {
+        return Ok(());
+    }
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4);
-    let chunk = (total / workers)
-        .max(1 << 20)
-        .next_multiple_of(PAGE as usize);
-    // Cut the spans into per-worker lists of (remote address, length), each list
-    // covering `chunk` bytes of `dst` in order.
-    let mut jobs: Vec<Vec<(u64, usize)>> = vec![Vec::new()];
+    let workers = if total < (4 << 20) { 1 } else { workers };
+    let share = total.div_ceil(workers).next_multiple_of(PAGE as usize);
+    // Cut the jobs into per-worker groups of about `share` bytes each.
+    let mut groups: Vec<Vec<Job>> = vec![Vec::new()];
     let mut filled = 0usize;
-    for s in spans {
-        let mut addr = s.start;
-        let mut left = (s.npages * PAGE) as usize;
-        while left > 0 {
-            if filled == chunk {
-                jobs.push(Vec::new());
+    for j in jobs {
+        let mut j = j;
+        while j.len > 0 {
+            if filled == share {
+                groups.push(Vec::new());
                 filled = 0;
             }
-            let n = left.min(chunk - filled);
-            jobs.last_mut().expect("one job").push((addr, n));
+            let n = j.len.min(share - filled);
+            groups
+                .last_mut()
+                .expect("one group")
+                .push(Job { len: n, ..j });
             filled += n;
-            addr += n as u64;
-            left -= n;
+            j.remote += n as u64;
+            j.local += n;
+            j.len -= n;
         }
     }
+    // Hand each group the part of `dst` from its first job to the next group's.
+    let mut parts = Vec::with_capacity(groups.len());
     let mut rest = dst;
-    let mut parts = Vec::with_capacity(jobs.len());
-    for j in &jobs {
-        let len: usize = j.iter().map(|x| x.1).sum();
-        let (a, b) = rest.split_at_mut(len);
-        parts.push(a);
-        rest = b;
+    let mut consumed = 0usize;
+    for (i, g) in groups.iter().enumerate() {
+        let from = g.first().map_or(consumed, |j| j.local);
+        let to = groups
+            .get(i + 1)
+            .and_then(|n| n.first())
+            .map_or(consumed + rest.len(), |j| j.local);
+        let (_, r) = rest.split_at_mut(from - consumed);
+        let (mine, r) = r.split_at_mut(to - from);
+        parts.push((from, mine));
+        rest = r;
+        consumed = to;
+    }
+    let run = |g: &[Job], base: usize, part: &mut [u8]| -> Result<(), CaptureError> {
+        let mut i = 0;
+        while i < g.len() {
+            // Jobs with adjacent local ranges share one call.
+            let mut k = i + 1;
+            while k < g.len() && g[k].local == g[k - 1].local + g[k - 1].len {
+                k += 1;
+            }
+            let remote: Vec<(u64, usize)> = g[i..k].iter().map(|j| (j.remote, j.len)).collect();
+            let len: usize = remote.iter().map(|r| r.1).sum();
+            let at = g[i].local - base;
+            sys::read_remote(pid, &mut part[at..at + len], &remote).map_err(|source| {
+                CaptureError::Memory {
+                    pid,
+                    addr: g[i].remote,
+                    len,
+                    source,
+                }
+            })?;
+            i = k;
+        }
+        Ok(())
+    };
+    if groups.len() == 1 {
+        let (base, part) = parts.pop().expect("one part");
+        return run(&groups[0], base, part);
     }
     std::thread::scope(|sc| {
-        let handles: Vec<_> = jobs
+        let handles: Vec<_> = groups
             .iter()
             .zip(parts)
-            .map(|(j, part)| {
-                sc.spawn(move || {
-                    sys::read_remote(pid, part, j).map_err(|source| CaptureError::Memory {
-                        pid,
-                        addr: j.first().map(|x| x.0).unwrap_or(0),
-                        len: j.iter().map(|x| x.1).sum(),
-                        source,
-                    })
-                })
-            })
+            .map(|(g, (base, part))| sc.spawn(move || run(g, base, part)))
             .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or(Err(CaptureError::ProcessGone { pid }))
-                .map(drop)
-        })
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or(Err(CaptureError::ProcessGone { pid })))
     })
 }
 

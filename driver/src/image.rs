@@ -367,14 +367,20 @@ pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError
         };
         put(cf::Record::ThreadState(ts), w, &mut digest, &mut stats)?;
     }
-    // Pages: addresses in order, the bytes in the staging buffer in the same order.
+    // Pages: addresses in order; each span says where its bytes sit in the
+    // staging buffer (the pre-copy leaves them out of address order).
     let mut addrs = Vec::with_capacity(c.npages() as usize);
+    let mut offsets = Vec::with_capacity(c.npages() as usize);
     for s in &c.spans {
         for i in 0..s.npages {
             addrs.push(s.start + i * 4096);
+            offsets.push(s.offset + (i * 4096) as usize);
         }
     }
-    let src = cf::StagedPages { data: &c.staging };
+    let src = SpannedPages {
+        data: &c.staging,
+        offsets: &offsets,
+    };
     let mut enc = cf::PageRunEncoder::new(&addrs).map_err(ImageError::Encode)?;
     let mut out = vec![0u8; 8 << 20];
     while !enc.is_done() {
@@ -393,6 +399,21 @@ pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError
     let commit = digest.commit(1);
     put(cf::Record::EpochCommit(commit), w, &mut digest, &mut stats)?;
     Ok(stats)
+}
+
+/// Staged pages found through a per-page offset table.
+struct SpannedPages<'a> {
+    data: &'a [u8],
+    offsets: &'a [usize],
+}
+
+impl cf::PageSource for SpannedPages<'_> {
+    fn page(&self, index: usize, _addr: u64) -> &[u8] {
+        self.offsets
+            .get(index)
+            .and_then(|&o| self.data.get(o..o.saturating_add(4096)))
+            .unwrap_or_default()
+    }
 }
 
 /// A read-only mapping of an image file.

@@ -18,3 +18,4 @@ pub mod restore;
 pub mod run;
 pub mod staging;
 pub mod sys;
+pub mod track;

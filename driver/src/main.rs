@@ -40,6 +40,11 @@ enum Cmd {
         /// Resume the program after the capture instead of killing it.
         #[arg(long)]
         leave_running: bool,
+        /// Copy all memory inside the freeze instead of pre-copying it while the
+        /// program runs (a longer pause; for comparison and for kernels without
+        /// userfaultfd write-protect tracking).
+        #[arg(long)]
+        no_precopy: bool,
     },
     /// Start a fresh process from an image and resume the program where it was.
     Restore {
@@ -148,18 +153,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             pid,
             output,
             leave_running,
+            no_precopy,
         } => {
             let after = if leave_running {
                 capture::After::Resume
             } else {
                 capture::After::Kill
             };
-            let c =
-                capture::capture(pid, after).with_context(|| format!("capturing process {pid}"))?;
+            let opts = capture::Options {
+                precopy: !no_precopy,
+            };
+            let c = capture::capture_with(pid, after, opts)
+                .with_context(|| format!("capturing process {pid}"))?;
+            if let Some(note) = &c.precopy_note {
+                eprintln!("cs-driver: {note}; copying all memory inside the freeze");
+            }
             let stats = image::write_image(&c, &output)
                 .with_context(|| format!("writing {}", output.display()))?;
             eprintln!(
-                "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} stored pages; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2}, fds {:.2}); program {}",
+                "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} stored pages; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2} for {} pages, fds {:.2}); pre-copy {:.2} ms of {} pages, with a {:.2} ms stop; program {}",
                 c.pid,
                 c.threads.len(),
                 c.vmas.len(),
@@ -174,7 +186,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ms(c.times.inject),
                 ms(c.times.memory),
                 ms(c.times.copy),
+                c.times.paused_pages,
                 ms(c.times.fds),
+                ms(c.times.precopy),
+                c.times.staged_pages,
+                ms(c.times.prefreeze),
                 if leave_running { "left running" } else { "killed" },
             );
             Ok(ExitCode::SUCCESS)
