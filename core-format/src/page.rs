@@ -276,9 +276,11 @@ impl<'a> PageRun<'a> {
         Ok(run)
     }
 
-    /// Parses without verifying the data checksum (the caller has, e.g. with
-    /// [`verify_page_run_payload`]).
-    pub(crate) fn parse_unverified(payload: &'a [u8]) -> Result<Self, Error> {
+    /// Parses without verifying the data checksum: every length and bound is still
+    /// checked. The caller verifies the payload with [`verify_page_run_payload`]
+    /// (before, or after but before any of the data is used; a reader of a large
+    /// image checks runs in parallel that way).
+    pub fn parse_unverified(payload: &'a [u8]) -> Result<Self, Error> {
         let Some(data_len) = payload.len().checked_sub(PAGE_RUN_TRAILER_LEN) else {
             return Err(Error::RecordTruncated {
                 offset: 0,
