@@ -464,6 +464,15 @@ impl Mapped {
         Ok(Mapped { ptr, len })
     }
 
+    /// Maps every page of the file in now (`MADV_POPULATE_READ`), so that readers
+    /// that go through the kernel (`UFFDIO_COPY`) take no fault per 64 KiB.
+    pub fn populate(&self) {
+        // SAFETY: madvise on our own live mapping; a failure only costs speed.
+        unsafe {
+            libc::madvise(self.ptr, self.len, 22 /* MADV_POPULATE_READ */)
+        };
+    }
+
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` readable bytes until drop.
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }

@@ -13,6 +13,7 @@ pub mod freeze;
 pub mod image;
 pub mod inject;
 pub mod inspect;
+pub mod lazy;
 pub mod procfs;
 pub mod restore;
 pub mod run;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cs_driver::{capture, image, inspect, restore, run};
+use cs_driver::{capture, image, inspect, lazy, restore, run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +62,11 @@ enum Cmd {
         /// Path of cs-restore-stub (default: next to cs-driver, or $CS_RESTORE_STUB).
         #[arg(long)]
         stub: Option<PathBuf>,
+        /// Copy every page in before the program runs. By default the program
+        /// runs as soon as its address space is laid out, and pages are filled
+        /// on first touch and in the background (userfaultfd).
+        #[arg(long)]
+        eager: bool,
     },
     /// Verify an image and print a readable summary of it.
     Inspect {
@@ -201,6 +206,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             stdout,
             stderr,
             stub,
+            eager,
         } => {
             let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let summary = image::read_image(&file, &path.display().to_string())?;
@@ -211,8 +217,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 stub,
                 stdout,
                 stderr,
+                eager,
             };
-            let r = restore::restore(&summary.plan, &file, &opts)?;
+            let mut r = restore::restore(&summary.plan, &file, &opts)?;
             eprintln!(
                 "cs-driver: restored pid {} (host pid {}) from {} in {:.1} ms",
                 summary.plan.pid,
@@ -220,12 +227,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 path.display(),
                 ms(r.elapsed)
             );
+            let lazy = r.lazy.take();
+            let report_fill = |l: lazy::LazyFill| -> anyhow::Result<()> {
+                let s = l.wait()?;
+                eprintln!(
+                    "cs-driver: every page of pid {} is in {:.1} ms after the fill began ({} faults brought {} pages, {} pages filled in the background)",
+                    summary.plan.pid,
+                    ms(s.elapsed),
+                    s.faults,
+                    s.fault_pages,
+                    s.filled_pages
+                );
+                Ok(())
+            };
             if detach {
                 println!("{}", r.host_pid);
+                // The program already runs; its missing pages must be in before
+                // the driver (their source) goes.
+                if let Some(l) = lazy {
+                    report_fill(l)?;
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             forward_to(r.host_pid);
-            Ok(exit_code(r.wait()))
+            let filler = lazy.map(|l| std::thread::spawn(move || l.wait()));
+            let code = exit_code(r.wait());
+            if let Some(Ok(Err(e))) = filler.map(|h| h.join()) {
+                eprintln!("cs-driver: {e}");
+            }
+            Ok(code)
         }
         Cmd::Inspect {
             image: path,

@@ -65,6 +65,9 @@ pub struct RestoreOptions {
     /// Files for the program's stdout / stderr instead of the driver's.
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
+    /// Copy every page in before the program runs, instead of filling lazily
+    /// through a userfaultfd while it runs ([`crate::lazy`]).
+    pub eager: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,8 @@ pub struct Restored {
     pub init_pid: i32,
     /// From the command's start until the threads were released.
     pub elapsed: Duration,
+    /// The lazy page fill still running, if the pages are filled lazily.
+    pub lazy: Option<crate::lazy::LazyFill>,
 }
 
 impl Restored {
@@ -700,6 +705,11 @@ pub fn restore(
     let err_w = lift(err_w, floor)?;
     let (pid_r, pid_w) = pipe_cloexec("pipe2(pid)")?;
     let (go_r, go_w) = pipe_cloexec("pipe2(go)")?;
+    // The init waits for one byte on `done` (all pages in) and kills the program
+    // if it reads EOF instead: the driver died with pages still missing.
+    let (done_r, done_w) = pipe_cloexec("pipe2(done)")?;
+    let done_r = lift(done_r, floor)?;
+    let done_w = lift(done_w, floor)?;
     let go_r = lift(go_r, floor)?;
     let redirect = |p: &Option<PathBuf>| -> Result<Option<OwnedFd>, RestoreError> {
         match p {
@@ -818,6 +828,7 @@ pub fn restore(
                 exe_raw,
                 go_r.as_raw_fd(),
                 go_w_raw,
+                done_w.as_raw_fd(),
             ];
             let setup = ChildSetup {
                 moves: &moves,
@@ -832,6 +843,7 @@ pub fn restore(
                 exe_raw,
                 close_in_init: &close_in_init,
                 close_gaps: &close_gaps,
+                done_r: done_r.as_raw_fd(),
             };
             init_main(&set_tid, &setup)
         }
@@ -839,6 +851,8 @@ pub fn restore(
     drop(pid_w);
     drop(err_w);
     drop(rep_w);
+    drop(done_r);
+    let mut done_w = Some(done_w);
     // Reap A, learn B.
     let _ = sys::waitpid(a, false);
     let mut pb = [0u8; 4];
@@ -852,17 +866,47 @@ pub fn restore(
     let mut rep_file = File::from(rep_r);
     let mut first = [0u8; 4];
     let got = read_full(&mut rep_file, &mut first).map_err(sys_err("reading the stub's report"))?;
+    let mut lazy_fill = None;
     let rep = if got == 4 && first == restore_stub::report::PAGES_MAGIC {
-        // The stub mapped every VMA; fill the pages from here, one stream per core.
+        // The stub mapped every VMA and made a userfaultfd (its number follows).
+        let mut ufd = [0u8; 4];
+        let n = read_full(&mut rep_file, &mut ufd).map_err(sys_err("reading the stub's report"))?;
+        let stub_ufd = if n == 4 { i32::from_le_bytes(ufd) } else { -1 };
         let host = program_pid(init_pid)?;
-        let filled = fill_pages(host, image, &plan.runs);
+        // Lazily: register the anonymous memory; what is outside it is filled now.
+        let prepared = if opts.eager || stub_ufd < 0 {
+            None
+        } else {
+            crate::lazy::prepare(host, stub_ufd, &plan.vmas).ok()
+        };
+        let (now, later) = match &prepared {
+            Some(p) => crate::lazy::split_runs(&plan.runs, &p.registered),
+            None => (plan.runs.clone(), Vec::new()),
+        };
+        let filled = fill_pages(host, image, &now);
+        let started = match (filled, prepared) {
+            (Ok(()), Some(p)) => crate::lazy::LazyFill::start(
+                p,
+                image,
+                later,
+                host,
+                done_w.take().expect("done pipe"),
+            )
+            .map(Some),
+            (Ok(()), None) => Ok(None),
+            (Err(e), _) => Err(e),
+        };
         // Either way, let the stub go on (it reports or is killed below).
         let _ = (&File::from(go_w)).write_all(&[1]);
-        if let Err(e) = filled {
-            // SAFETY: kill(2) with integers: the half-restored program must not run.
-            unsafe { libc::kill(host, libc::SIGKILL) };
-            let _ = sys::waitpid(init_pid, false);
-            return Err(e);
+        match started {
+            Ok(l) => lazy_fill = l,
+            Err(e) => {
+                // SAFETY: kill(2) with integers: the half-restored program must not run.
+                unsafe { libc::kill(host, libc::SIGKILL) };
+                drop(done_w);
+                let _ = sys::waitpid(init_pid, false);
+                return Err(e);
+            }
         }
         read_report(rep_file, &[]).map_err(sys_err("reading the stub's report"))?
     } else {
@@ -871,11 +915,13 @@ pub fn restore(
     };
     if rep.is_empty() {
         let e = read_preexec_error(err_r);
+        drop(done_w.take());
         let _ = sys::waitpid(init_pid, false);
         return Err(e);
     }
     let report = Report::parse(&rep).map_err(|e| RestoreError::NoReport(format!("{e:?}")))?;
     if report.status != 0 {
+        drop(done_w.take());
         let _ = sys::waitpid(init_pid, false);
         return Err(RestoreError::StubFailed {
             phase: Phase::from_raw(report.status),
@@ -889,13 +935,18 @@ pub fn restore(
     if let Err(e) = finish_threads(host_pid, &report, plan, exe_in_target) {
         // SAFETY: kill(2) with integers: the half-restored program must not run.
         unsafe { libc::kill(host_pid, libc::SIGKILL) };
+        drop(done_w.take());
         let _ = sys::waitpid(init_pid, false);
         return Err(e.into());
+    }
+    if let Some(d) = done_w {
+        crate::lazy::signal_done(d);
     }
     Ok(Restored {
         host_pid,
         init_pid,
         elapsed: t0.elapsed(),
+        lazy: lazy_fill,
     })
 }
 
@@ -1024,6 +1075,8 @@ struct ChildSetup<'a> {
     close_in_init: &'a [RawFd],
     /// Fd ranges the program's process closes before the exec.
     close_gaps: &'a [(u32, u32)],
+    /// Read end of the `done` pipe (kept by the init only).
+    done_r: RawFd,
 }
 
 /// Code of the namespace init (B). Never returns.
@@ -1034,6 +1087,7 @@ fn init_main(set_tid: &[libc::pid_t; 1], setup: &ChildSetup<'_>) -> ! {
         err_fd,
         errw,
         close_in_init,
+        done_r,
         ..
     } = *setup;
     // SAFETY: everything below is raw syscalls on data prepared before the fork.
@@ -1069,6 +1123,19 @@ fn init_main(set_tid: &[libc::pid_t; 1], setup: &ChildSetup<'_>) -> ! {
             libc::close(fd);
         }
         libc::close(errw);
+        // Until the driver says every page is in, its death kills the program.
+        let mut b = [0u8; 1];
+        loop {
+            let n = libc::read(done_r, b.as_mut_ptr() as *mut libc::c_void, 1);
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            if n != 1 {
+                libc::kill(c as libc::pid_t, libc::SIGKILL);
+            }
+            break;
+        }
+        libc::close(done_r);
         loop {
             let mut status = 0;
             let r = libc::waitpid(-1, &mut status, 0);

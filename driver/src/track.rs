@@ -86,7 +86,7 @@ struct UffdioWriteprotect {
 }
 
 // _IOWR(type, nr, size) = 3 << 30 | size << 16 | type << 8 | nr
-const fn iowr(ty: u64, nr: u64, size: usize) -> u64 {
+pub(crate) const fn iowr(ty: u64, nr: u64, size: usize) -> u64 {
     (3 << 30) | ((size as u64) << 16) | (ty << 8) | nr
 }
 const PAGEMAP_SCAN: u64 = iowr(b'f' as u64, 16, std::mem::size_of::<PmScanArg>());
@@ -104,7 +104,7 @@ const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 
-fn ioctl<T>(fd: RawFd, req: u64, arg: &mut T) -> std::io::Result<i64> {
+pub(crate) fn ioctl<T>(fd: RawFd, req: u64, arg: &mut T) -> std::io::Result<i64> {
     // SAFETY: `arg` is a live, correctly sized `#[repr(C)]` value of the type the
     // request `req` is defined with (the numbers are pinned above); the kernel reads
     // and writes only that value and, for PAGEMAP_SCAN, the vector it points to,

@@ -589,21 +589,30 @@ fn restore(args: &Args) -> R<State> {
             match args.go_fd {
                 None => fill_pages(&st, fd, payload_at, plen)?,
                 Some(go) if !pages_handed_over => {
-                    // Every VMA is mapped (and writable): let the driver fill them.
-                    // SAFETY: write/read on our own fds from live buffers.
+                    // Every VMA is mapped (and writable): let the driver fill them,
+                    // now or lazily through a userfaultfd made here (this mm's).
+                    // SAFETY: userfaultfd takes flags; write/read/close on our own
+                    // fds from live buffers.
                     unsafe {
-                        syscall3(
-                            nr::WRITE,
-                            args.report_fd,
-                            restore_stub::report::PAGES_MAGIC.as_ptr() as usize,
-                            4,
+                        let ufd = syscall3(
+                            nr::USERFAULTFD,
+                            0o2_000_000 | 0o4_000, /* O_CLOEXEC | O_NONBLOCK */
+                            0,
+                            0,
                         );
+                        let mut msg = [0u8; restore_stub::report::PAGES_MSG_LEN];
+                        msg[..4].copy_from_slice(&restore_stub::report::PAGES_MAGIC);
+                        msg[4..].copy_from_slice(&(ufd as i32).to_le_bytes());
+                        syscall3(nr::WRITE, args.report_fd, msg.as_ptr() as usize, msg.len());
                         let mut b = [0u8; 1];
                         let rc = syscall3(nr::READ, go, b.as_mut_ptr() as usize, 1);
                         if rc != 1 {
                             return Err(Fail(Phase::FillPages, rc as i64, 0));
                         }
                         syscall3(nr::CLOSE, go, 0, 0);
+                        if ufd >= 0 {
+                            syscall3(nr::CLOSE, ufd as usize, 0, 0);
+                        }
                     }
                     pages_handed_over = true;
                 }

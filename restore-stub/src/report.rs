@@ -20,8 +20,13 @@
 use crate::MAX_THREADS;
 
 pub const MAGIC: [u8; 4] = *b"CSRP";
-/// Sent alone, before the report, when the stub hands page filling to the driver.
+/// Sent before the report when the stub hands page filling to the driver, followed
+/// by an i32 (little-endian): the number of a userfaultfd the stub made for lazy
+/// filling, or a negative errno if it could not make one. The stub closes its
+/// uffd once the driver says go (the driver takes a copy first).
 pub const PAGES_MAGIC: [u8; 4] = *b"CSPG";
+/// Length of the hand-over message.
+pub const PAGES_MSG_LEN: usize = 8;
 pub const HEADER_LEN: usize = 56;
 pub const ENTRY_LEN: usize = 16;
 pub const MAX_LEN: usize = HEADER_LEN + ENTRY_LEN * MAX_THREADS;

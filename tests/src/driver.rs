@@ -80,6 +80,8 @@ pub struct Restored {
     pub pid: u32,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// What `cs-driver restore` itself wrote on stderr.
+    pub driver_stderr: String,
 }
 
 impl Restored {
@@ -122,9 +124,14 @@ impl Drop for Restored {
 
 /// `cs-driver restore IMAGE --detach` with the program's output in files in `dir`.
 pub fn restore_detached(image: &Path, dir: &Path) -> Result<Restored, String> {
+    restore_detached_with(image, dir, &[])
+}
+
+/// [`restore_detached`] with more arguments for `cs-driver restore`.
+pub fn restore_detached_with(image: &Path, dir: &Path, extra: &[&str]) -> Result<Restored, String> {
     let stdout = dir.join("restored.stdout");
     let stderr = dir.join("restored.stderr");
-    let out = cs(&[
+    let mut args = vec![
         "restore",
         image.to_str().expect("utf-8 path"),
         "--detach",
@@ -132,7 +139,9 @@ pub fn restore_detached(image: &Path, dir: &Path) -> Result<Restored, String> {
         stdout.to_str().expect("utf-8"),
         "--stderr",
         stderr.to_str().expect("utf-8"),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = cs(&args);
     if !out.status.success() {
         return Err(format!(
             "cs-driver restore failed ({}): {}",
@@ -156,6 +165,7 @@ pub fn restore_detached(image: &Path, dir: &Path) -> Result<Restored, String> {
         pid,
         stdout,
         stderr,
+        driver_stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
 

@@ -68,7 +68,16 @@ fn program_maps(pid: u32) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
-fn dump_and_restore(tc: GoToolchain) {
+/// How `restore` fills the pages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// The default: the program runs at once, pages come through a userfaultfd.
+    Lazy,
+    /// `--eager`: every page is in before the program runs.
+    Eager,
+}
+
+fn dump_and_restore(tc: GoToolchain, fill: Fill) {
     let dir = temp_dir("cs-dump-restore");
     let store = Service::start(
         &fixture_bin(tc, "kvstore"),
@@ -97,8 +106,21 @@ fn dump_and_restore(tc: GoToolchain) {
     let image = dir.path().join("kv.img");
     let t = Instant::now();
     driver::dump(pid, &image, false);
-    let restored = driver::restore_detached(&image, dir.path()).expect("restore");
+    let extra: &[&str] = if fill == Fill::Eager {
+        &["--eager"]
+    } else {
+        &[]
+    };
+    let restored = driver::restore_detached_with(&image, dir.path(), extra).expect("restore");
     let restore_done = t.elapsed();
+    // The path asked for is the one taken.
+    let lazily = restored.driver_stderr.contains("every page of pid");
+    assert_eq!(
+        lazily,
+        fill == Fill::Lazy,
+        "driver said: {}",
+        restored.driver_stderr
+    );
     let maps_after = program_maps(restored.pid);
     let tids_after = seen_tids(restored.pid);
     let exe_after = std::fs::read_link(format!("/proc/{}/exe", restored.pid)).expect("exe link");
@@ -204,12 +226,22 @@ fn dump_and_restore(tc: GoToolchain) {
 
 #[test]
 fn kvstore_dump_restore_go127() {
-    dump_and_restore(GoToolchain::Go127);
+    dump_and_restore(GoToolchain::Go127, Fill::Lazy);
+}
+
+#[test]
+fn kvstore_dump_restore_eager_go127() {
+    dump_and_restore(GoToolchain::Go127, Fill::Eager);
+}
+
+#[test]
+fn kvstore_dump_restore_eager_go119() {
+    dump_and_restore(GoToolchain::Go119, Fill::Eager);
 }
 
 #[test]
 fn kvstore_dump_restore_go119() {
-    dump_and_restore(GoToolchain::Go119);
+    dump_and_restore(GoToolchain::Go119, Fill::Lazy);
 }
 
 /// Sends one control line to the blocker fixture and returns its answer line.

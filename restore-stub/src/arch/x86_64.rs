@@ -28,6 +28,7 @@ pub mod nr {
     pub const GETTID: usize = 186;
     pub const FUTEX: usize = 202;
     pub const EXIT_GROUP: usize = 231;
+    pub const USERFAULTFD: usize = 323;
     pub const CLONE3: usize = 435;
 }
 
