@@ -28,7 +28,10 @@
 //!    (every 0.25 ms while refused), so the time does not wait for the command to
 //!    exit if the program serves earlier. Then the restored pid is killed and the
 //!    next iteration waits until it is gone and the address can be bound again
-//!    (untimed).
+//!    (untimed). The default restore fills pages lazily (the program runs while a
+//!    userfaultfd brings pages in; `--detach` exits once every page is in);
+//!    `restore_eager/<N>MiB` is the same with `--eager` (every page copied in
+//!    before the program runs), measured right after, side by side.
 //!
 //! Before the first size and after the last, `memcpy/start` and `memcpy/end`: one
 //! core copying 256 MiB between pre-faulted buffers, the side-by-side baseline (the
@@ -404,6 +407,10 @@ struct RestoreSample {
     command: Duration,
     serving: Duration,
     driver_reported_ms: Option<f64>,
+    /// Lazy fill: from the release until every page was in (the driver's figure).
+    fill_ms: Option<f64>,
+    /// The driver's figure for reading and verifying the image.
+    check_ms: Option<f64>,
 }
 
 /// Connects to `addr` until a `GET tick` is answered; the time since `t0`.
@@ -426,7 +433,7 @@ fn poll_serving(addr: SocketAddr, t0: Instant, stop: &AtomicBool) -> Option<Dura
     None
 }
 
-fn restore_once(image: &Path, addr: SocketAddr, dir: &Path) -> RestoreSample {
+fn restore_once(image: &Path, addr: SocketAddr, dir: &Path, eager: bool) -> RestoreSample {
     let out_file = dir.join("restored.stdout");
     let err_file = dir.join("restored.stderr");
     let stop = Arc::new(AtomicBool::new(false));
@@ -443,6 +450,7 @@ fn restore_once(image: &Path, addr: SocketAddr, dir: &Path) -> RestoreSample {
         .arg(&out_file)
         .arg("--stderr")
         .arg(&err_file)
+        .args(if eager { &["--eager"][..] } else { &[][..] })
         .stdin(Stdio::null())
         .output()
         .expect("spawning cs-driver restore");
@@ -469,9 +477,20 @@ fn restore_once(image: &Path, addr: SocketAddr, dir: &Path) -> RestoreSample {
         panic!("restored pid {pid} did not answer GET tick on {addr} within 30 s; its stderr ends:\n{tail}");
     };
     // "cs-driver: restored pid P (host pid H) from IMAGE in 12.3 ms"
-    let driver_reported_ms = stderr
-        .rsplit_once(" in ")
+    // "cs-driver: image checked in 118.0 ms; restored pid P (host pid H) from IMAGE in 4.2 ms"
+    let line = stderr.lines().find(|l| l.contains("; restored pid"));
+    let check_ms = line
+        .and_then(|l| l.split("image checked in ").nth(1))
+        .and_then(|t| t.split(" ms").next()?.trim().parse().ok());
+    let driver_reported_ms = line
+        .and_then(|l| l.rsplit_once(" in "))
         .and_then(|(_, t)| t.trim().strip_suffix("ms")?.trim().parse().ok());
+    // "cs-driver: every page of pid P is in 466.2 ms after the fill began (...)"
+    let fill_ms = stderr
+        .lines()
+        .find(|l| l.starts_with("cs-driver: every page"))
+        .and_then(|l| l.split(" is in ").nth(1))
+        .and_then(|t| t.split(" ms").next()?.trim().parse().ok());
     sigkill(pid);
     wait_gone(pid, addr);
     untrack(pid);
@@ -479,6 +498,8 @@ fn restore_once(image: &Path, addr: SocketAddr, dir: &Path) -> RestoreSample {
         command,
         serving,
         driver_reported_ms,
+        fill_ms,
+        check_ms,
     }
 }
 
@@ -506,6 +527,8 @@ struct SizeReport {
     probes: Vec<(Duration, Duration)>,
     /// Measured restores (the warm-up one excluded).
     restores: Vec<RestoreSample>,
+    /// The same with `--eager`.
+    restores_eager: Vec<RestoreSample>,
 }
 
 fn configure(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
@@ -594,7 +617,7 @@ fn bench_size(c: &mut Criterion, mib: u64, dir: &Path) -> SizeReport {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let s = restore_once(&image, addr, dir);
+                    let s = restore_once(&image, addr, dir, false);
                     total += s.serving;
                     all.push(s);
                 }
@@ -603,6 +626,24 @@ fn bench_size(c: &mut Criterion, mib: u64, dir: &Path) -> SizeReport {
         });
         g.finish();
         rep.restores = all.get(1..).unwrap_or_default().to_vec();
+
+        // Side by side: every page copied in before the program runs.
+        let mut all = Vec::new();
+        let mut g = c.benchmark_group("restore_eager");
+        configure(&mut g);
+        g.bench_function(BenchmarkId::from_parameter(format!("{mib}MiB")), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let s = restore_once(&image, addr, dir, true);
+                    total += s.serving;
+                    all.push(s);
+                }
+                total
+            })
+        });
+        g.finish();
+        rep.restores_eager = all.get(1..).unwrap_or_default().to_vec();
     }
     let _ = fs::remove_file(&image);
     rep
@@ -825,6 +866,17 @@ fn summary(reports: &[SizeReport], load_before: &str) {
             restore_criu_ms(r.mib),
         );
     }
+    for r in reports.iter().filter(|r| RESTORE_MIB.contains(&r.mib)) {
+        let m = crit_ms("restore_eager", r.mib);
+        row(
+            "restore --eager (command start to serving)",
+            r,
+            m,
+            r.restores_eager.len(),
+            restore_target_ms(r.mib),
+            restore_criu_ms(r.mib),
+        );
+    }
 
     println!();
     println!("| preload | threads | VmRSS MiB | present pages MiB | image MiB | image/RSS | zero pages not stored | write_image ms (after resume) | kvstore start s |");
@@ -878,21 +930,22 @@ fn summary(reports: &[SizeReport], load_before: &str) {
 
     println!();
     println!("Restore by part (medians, ms from the command's start):");
-    println!("| preload | driver's own figure | command exited | serving (GET tick answered) |");
-    println!("|---|---|---|---|");
+    println!("| preload | fill | image check (driver's figure) | then released (driver's figure) | serving (GET tick answered) | every page in (driver's figure, from the release) | command exited |");
+    println!("|---|---|---|---|---|---|---|");
     for r in reports.iter().filter(|r| !r.restores.is_empty()) {
-        println!(
-            "| {} MiB | {} | {} | {} |",
-            r.mib,
-            fmt_ms(median(
-                r.restores
-                    .iter()
-                    .filter_map(|s| s.driver_reported_ms)
-                    .collect()
-            )),
-            fmt_ms(median(r.restores.iter().map(|s| ms(s.command)).collect())),
-            fmt_ms(median(r.restores.iter().map(|s| ms(s.serving)).collect())),
-        );
+        for (fill, v) in [("lazy", &r.restores), ("eager", &r.restores_eager)] {
+            println!(
+                "| {} MiB | {fill} | {} | {} | {} | {} | {} |",
+                r.mib,
+                fmt_ms(median(v.iter().filter_map(|s| s.check_ms).collect())),
+                fmt_ms(median(
+                    v.iter().filter_map(|s| s.driver_reported_ms).collect()
+                )),
+                fmt_ms(median(v.iter().map(|s| ms(s.serving)).collect())),
+                fmt_ms(median(v.iter().filter_map(|s| s.fill_ms).collect())),
+                fmt_ms(median(v.iter().map(|s| ms(s.command)).collect())),
+            );
+        }
     }
 }
 

@@ -93,6 +93,19 @@ pub fn trailer(
 /// Verifies a PageRun payload's header checksum and data checksum in one pass over
 /// the data (see the module docs). `payload_checksum` is the header's value.
 pub fn verify_page_run_payload(payload: &[u8], payload_checksum: u64) -> Result<(), Error> {
+    verify_page_run_payload_with(payload, payload_checksum, usize::MAX, |_| {})
+}
+
+/// [`verify_page_run_payload`], hashing the data in pieces of `piece` bytes and
+/// calling `ahead` with each piece just before the one before it is hashed: a
+/// caller reading a large mapped image can prefetch there (the hardware prefetcher
+/// stops at every 4 KiB page boundary).
+pub fn verify_page_run_payload_with(
+    payload: &[u8],
+    payload_checksum: u64,
+    piece: usize,
+    mut ahead: impl FnMut(&[u8]),
+) -> Result<(), Error> {
     let Some(data_len) = payload.len().checked_sub(PAGE_RUN_TRAILER_LEN) else {
         // Too short to hold a trailer: only the plain payload checksum can be checked.
         let computed = xxh3_64(payload);
@@ -106,7 +119,16 @@ pub fn verify_page_run_payload(payload: &[u8], payload_checksum: u64) -> Result<
     };
     let (data, tr) = payload.split_at(data_len);
     let mut h = Xxh3Default::new();
-    h.update(data);
+    let mut pieces = data.chunks(piece.max(1)).peekable();
+    if let Some(first) = pieces.peek() {
+        ahead(first);
+    }
+    while let Some(p) = pieces.next() {
+        if let Some(next) = pieces.peek() {
+            ahead(next);
+        }
+        h.update(p);
+    }
     let data_sum = h.digest();
     h.update(tr);
     let computed = h.digest();

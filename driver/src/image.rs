@@ -713,6 +713,27 @@ fn parse_deferring_runs<'a>(
     ))
 }
 
+/// Hashing piece of [`verify_runs`]: the next one is prefetched meanwhile.
+const PIECE: usize = 8 << 10;
+
+/// Asks for `piece` in the cache ahead of its use. The hardware prefetcher stops at
+/// 4 KiB page boundaries, and page-cache pages are 4 KiB: with this, two threads
+/// hash a 1.5 GB image in ~85-110 ms instead of ~107-120 (a throwaway bench here).
+fn prefetch(piece: &[u8]) {
+    for line in piece.chunks(64) {
+        // SAFETY: a prefetch is a hint and never faults; the address lies inside a
+        // live slice (SSE is part of the x86_64 baseline).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = line;
+    }
+}
+
 /// Checks the deferred page runs on every core (hashing a page-cache image is
 /// bound by one core's memory latency, ~5.7 GB/s here; two cores nearly double
 /// it). Returns the failure at the lowest offset.
@@ -729,8 +750,12 @@ fn verify_runs(bytes: &[u8], runs: &[DeferredRun]) -> Result<(), (usize, cf::Err
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(r) = runs.get(i) else { break };
-            if let Err(e) = cf::page::verify_page_run_payload(&bytes[r.payload.clone()], r.checksum)
-            {
+            if let Err(e) = cf::page::verify_page_run_payload_with(
+                &bytes[r.payload.clone()],
+                r.checksum,
+                PIECE,
+                prefetch,
+            ) {
                 if first.as_ref().is_none_or(|f| r.frame < f.0) {
                     first = Some((r.frame, e));
                 }

@@ -479,7 +479,19 @@ impl LazyFill {
 fn run(shared: Arc<Shared>, host_pid: i32, done: OwnedFd) -> Result<LazyStats, RestoreError> {
     let t = Instant::now();
     let (served, filled) = std::thread::scope(|sc| {
-        let server = sc.spawn(|| shared.server());
+        let server = sc.spawn(|| {
+            // The program waits on every fault: answer ahead of everything else.
+            // SAFETY: setpriority(2) on this thread (tid from gettid) with integers;
+            // failing (no CAP_SYS_NICE) only costs latency.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
+            shared.server()
+        });
+        // The background copy only uses what the program and the server leave.
+        // (On an idle kvstore this made no measurable difference to the time to
+        // the first answer; it matters when the program itself is busy.)
+        let idle = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler(2) on the calling thread (0) with a live param.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
         let filled = shared.filler();
         shared.filled.store(true, Ordering::Release);
         let served = server

@@ -208,8 +208,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             stub,
             eager,
         } => {
+            let started = std::time::Instant::now();
             let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let summary = image::read_image(&file, &path.display().to_string())?;
+            let checked = started.elapsed();
             if !detach {
                 catch_signals();
             }
@@ -221,7 +223,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let mut r = restore::restore(&summary.plan, &file, &opts)?;
             eprintln!(
-                "cs-driver: restored pid {} (host pid {}) from {} in {:.1} ms",
+                "cs-driver: image checked in {:.1} ms; restored pid {} (host pid {}) from {} in {:.1} ms",
+                ms(checked),
                 summary.plan.pid,
                 r.host_pid,
                 path.display(),

@@ -9,16 +9,23 @@
 //!   prefaults its staging buffer before it freezes, so these mostly land before the
 //!   freeze;
 //! - fixed delays after the driver was seen attached (the main thread's TracerPid
-//!   set: 0, 0.5, 1, 2, 5, 10, 20, 40 ms), inside the pause;
+//!   set: 0, 0.5, 1, 2, 5, 10, 20, 40 ms): in the pre-copy's short stop and the
+//!   pre-copy after it;
+//! - fixed delays after the main thread was seen traced a second time, i.e. after
+//!   the freeze that follows the pre-copy began (0, 0.5, 1, 2, 4 ms), inside the
+//!   pause;
 //! - the moment the main thread is seen, while traced, in one of the syscalls the
 //!   driver makes it run (`/proc/PID/task/PID/syscall`: number and instruction
-//!   pointer): the scratch `mmap` and `munmap` at the `syscall` instruction borrowed
-//!   from the `[vdso]`, the `sigaltstack` query and the futex wait after the batched
-//!   `rt_sigaction` queries in the scratch mapping. These are the windows where the
+//!   pointer): the pre-copy tracker's `userfaultfd` and `close` and the scratch
+//!   `mmap` and `munmap`, all at the `syscall` instruction borrowed from the
+//!   `[vdso]`, and the `sigaltstack` query and the batched `rt_sigaction` queries in
+//!   the scratch mapping. These are the windows where the
 //!   driver has rewritten a thread's registers. Two tries each; a try that does not
 //!   see its window kills the driver anyway (counted as a miss);
-//! - eight seeded random delays in the first 20 ms after the attach (seed printed;
-//!   `CS_DUMP_KILL_SEED` sets it).
+//! - eight seeded random delays in the first 150 ms after the first attach (seed
+//!   printed; `CS_DUMP_KILL_SEED` sets it). The first attach is the pre-copy's short
+//!   stop; most of these land while the pages are copied with the program running
+//!   under write-protect tracking, some inside the freeze.
 //!
 //! Every interrupted dump uses `--leave-running`: the default mode kills the program
 //! once the capture is done, so a SIGKILL landing after that point would make a dead
@@ -62,6 +69,9 @@ enum KillAt {
     AfterSpawn(Duration),
     /// This long after the program's main thread was seen traced.
     AfterAttach(Duration),
+    /// This long after the main thread was seen traced a second time: the
+    /// freeze after the pre-copy (the first attach is the pre-copy's short stop).
+    AfterFreeze(Duration),
     /// When the main thread is seen (while traced) in syscall `nr` with its
     /// instruction pointer in `Code`: the driver's injected code.
     InSyscall(u64, Code, &'static str),
@@ -72,6 +82,7 @@ impl std::fmt::Display for KillAt {
         match self {
             KillAt::AfterSpawn(d) => write!(f, "{d:?} after spawn"),
             KillAt::AfterAttach(d) => write!(f, "{d:?} after attach"),
+            KillAt::AfterFreeze(d) => write!(f, "{d:?} after the freeze began"),
             KillAt::InSyscall(nr, code, name) => {
                 write!(f, "in syscall {nr} run from {code:?} ({name})")
             }
@@ -174,6 +185,21 @@ fn rwx_mappings(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// The program's fds that are userfaultfds (the pre-copy tracker's, if a kill
+/// landed between its injected `userfaultfd` and `close`).
+fn uffd_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("userfaultfd"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -244,6 +270,25 @@ fn interrupted_dump(pid: u32, image: &Path, log: &Path, at: KillAt) -> Interrupt
         KillAt::AfterAttach(d) => {
             while running(&mut child) && spawned.elapsed() < Duration::from_secs(5) {
                 if tracer(pid).is_some_and(|t| t != 0) {
+                    attached = true;
+                    break;
+                }
+            }
+            spin_for(d);
+        }
+        KillAt::AfterFreeze(d) => {
+            // Traced, untraced (the pre-copy runs), traced again.
+            let traced = || tracer(pid).is_some_and(|t| t != 0);
+            let mut phase = 0;
+            while running(&mut child) && spawned.elapsed() < Duration::from_secs(5) {
+                let t = traced();
+                phase = match (phase, t) {
+                    (0, true) => 1,
+                    (1, false) => 2,
+                    (2, true) => 3,
+                    (p, _) => p,
+                };
+                if phase == 3 {
                     attached = true;
                     break;
                 }
@@ -407,19 +452,24 @@ fn kill_points(seed: u64) -> Vec<KillAt> {
     );
     for _ in 0..2 {
         v.extend([
+            KillAt::InSyscall(323, Code::Vdso, "userfaultfd for the pre-copy tracker"),
+            KillAt::InSyscall(3, Code::Vdso, "close of the tracker's fd in the program"),
             KillAt::InSyscall(9, Code::Vdso, "mmap of the scratch page"),
             KillAt::InSyscall(131, Code::Scratch, "sigaltstack query, trampoline"),
-            KillAt::InSyscall(
-                202,
-                Code::Scratch,
-                "futex wait after the batched rt_sigaction queries",
-            ),
+            KillAt::InSyscall(13, Code::Scratch, "batched rt_sigaction queries"),
             KillAt::InSyscall(11, Code::Vdso, "munmap of the scratch page"),
         ]);
     }
+    v.extend(
+        [0.0, 0.5, 1.0, 2.0, 4.0]
+            .into_iter()
+            .map(|m| KillAt::AfterFreeze(ms(m))),
+    );
     let mut rng = Rng(seed | 1);
     for _ in 0..8 {
-        let us = rng.next() % 20_000;
+        // The first attach is the pre-copy's short stop; the pre-copy then runs
+        // (the program running, write-protected) for ~50-150 ms before the freeze.
+        let us = rng.next() % 150_000;
         v.push(KillAt::AfterAttach(Duration::from_micros(us)));
     }
     v
@@ -469,6 +519,7 @@ fn killed_dump_leaves_the_program_serving() {
     let (mut landed, mut directed_hits, mut directed) = (0, 0, 0);
     for (i, at) in points.iter().enumerate() {
         let rwx_before = rwx_mappings(pid);
+        let uffd_before = uffd_fds(pid);
         let r = interrupted_dump(pid, &image, &log, *at);
         landed += usize::from(r.landed);
         if let KillAt::InSyscall(..) = at {
@@ -539,6 +590,15 @@ fn killed_dump_leaves_the_program_serving() {
         if !new.is_empty() {
             leaked.push(format!("kill {i} {at}: {new:?}"));
         }
+        // The same kind of window: a kill between the tracker's injected
+        // `userfaultfd` and `close` leaves that fd in the program (counted).
+        let uffd_after = uffd_fds(pid);
+        if uffd_after > uffd_before {
+            leaked.push(format!(
+                "kill {i} {at}: {} userfaultfd fd(s) left in the program",
+                uffd_after - uffd_before
+            ));
+        }
     }
     if problems.is_empty() {
         if let Err(e) = verify_preload(store.addr(), PRELOAD_MIB, Duration::from_secs(60)) {
@@ -552,13 +612,13 @@ fn killed_dump_leaves_the_program_serving() {
     }
     eprintln!(
         "{} kill points, {landed} landed during a dump, {directed_hits} of {directed} \
-         injected-syscall windows seen, {} left the driver's scratch mapping behind; {:?} in all",
+         injected-syscall windows seen, {} left the driver's scratch mapping or tracker fd behind; {:?} in all",
         points.len(),
         leaked.len(),
         started.elapsed()
     );
     for l in &leaked {
-        eprintln!("  scratch mapping left by {l}");
+        eprintln!("  left behind: {l}");
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert!(
