@@ -561,6 +561,22 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
         let (frame, len) = parse_deferring_runs(&bytes[off..], off, &mut deferred)
             .map_err(|e| frame_err(off, e))?;
         validator.push(&frame).map_err(|e| frame_err(off, e))?;
+        // The stub stops reading at the first page run once the driver fills the
+        // pages: only page runs and the commit may follow it.
+        if !deferred.is_empty()
+            && !matches!(
+                frame.record,
+                cf::Record::PageRun(_) | cf::Record::EpochCommit(_)
+            )
+        {
+            return Err(ImageError::Content {
+                path: path.into(),
+                detail: format!(
+                    "a {:?} frame at byte offset {off} follows the page runs",
+                    frame.header.kind
+                ),
+            });
+        }
         match &frame.record {
             cf::Record::ProcessInfo(p) => {
                 plan.pid = p.pid as i32;

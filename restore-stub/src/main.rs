@@ -578,7 +578,6 @@ fn restore(args: &Args) -> R<State> {
     let fd = args.image_fd;
     let mut hdr = [0u8; core_format::HEADER_LEN];
     let mut pos: u64 = 0;
-    let mut pages_handed_over = false;
     loop {
         read_exact(fd, hdr.as_mut_ptr(), hdr.len(), pos)?;
         let h = FrameHeader::parse_bytes(&hdr).map_err(|_| Fail(Phase::Format, 0, pos))?;
@@ -588,7 +587,7 @@ fn restore(args: &Args) -> R<State> {
         if h.kind == FrameKind::PageRun {
             match args.go_fd {
                 None => fill_pages(&st, fd, payload_at, plen)?,
-                Some(go) if !pages_handed_over => {
+                Some(go) => {
                     // Every VMA is mapped (and writable): let the driver fill them,
                     // now or lazily through a userfaultfd made here (this mm's).
                     // SAFETY: userfaultfd takes flags; write/read/close on our own
@@ -614,9 +613,10 @@ fn restore(args: &Args) -> R<State> {
                             syscall3(nr::CLOSE, ufd as usize, 0, 0);
                         }
                     }
-                    pages_handed_over = true;
+                    // The driver verified the image, including that nothing but
+                    // page runs and the epoch commit follow the first page run.
+                    break;
                 }
-                Some(_) => {}
             }
             continue;
         }

@@ -349,7 +349,23 @@ fn cases(good: &[u8], img: &ImageFrames) -> Vec<Case> {
         expect,
         offset,
     };
+    // The signal table moved to just before the commit: every checksum re-sealed,
+    // but the stub, which stops at the first page run, would never see it.
+    let sig = img.indices(cf::FrameKind::SignalTable)[0];
+    let moved = img.frames[sig].len_bytes();
+    let late_signals = seal(&|e| {
+        let f = e.frames.remove(sig);
+        let at = e.frames.len() - 1;
+        e.frames.insert(at, f);
+    });
+    let late_at = offs[commit] - moved;
     vec![
+        case(
+            "frame-after-the-page-runs",
+            Some(late_signals),
+            vec!["follows the page runs"],
+            Some(late_at),
+        ),
         case(
             "page-byte-flipped",
             Some(flip_byte(good, img.payload_range(first_run).start + 123)),
