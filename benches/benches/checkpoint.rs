@@ -540,6 +540,46 @@ fn configure(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
         .measurement_time(Duration::from_millis(500));
 }
 
+/// Runs `one` as criterion's samples of `group/id` (criterion gets the durations it
+/// returns) and returns every sample's value, criterion's warm-up call first.
+fn measure_all<S>(
+    c: &mut Criterion,
+    group: &str,
+    id: &BenchmarkId,
+    mut one: impl FnMut() -> (Duration, S),
+) -> Vec<S> {
+    let mut all = Vec::new();
+    let mut g = c.benchmark_group(group);
+    configure(&mut g);
+    g.bench_function(id.clone(), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (d, s) = one();
+                total += d;
+                all.push(s);
+            }
+            total
+        })
+    });
+    g.finish();
+    all
+}
+
+/// [`measure_all`] without the warm-up sample.
+fn measure<S>(
+    c: &mut Criterion,
+    group: &str,
+    id: &BenchmarkId,
+    one: impl FnMut() -> (Duration, S),
+) -> Vec<S> {
+    let mut all = measure_all(c, group, id, one);
+    if !all.is_empty() {
+        all.remove(0);
+    }
+    all
+}
+
 fn bench_size(c: &mut Criterion, mib: u64, dir: &Path) -> SizeReport {
     let kv = KvStore::start(mib);
     let mut rep = SizeReport {
@@ -549,43 +589,19 @@ fn bench_size(c: &mut Criterion, mib: u64, dir: &Path) -> SizeReport {
     };
     let id = BenchmarkId::from_parameter(format!("{mib}MiB"));
 
-    let mut all = Vec::new();
-    let mut g = c.benchmark_group("pause");
-    configure(&mut g);
-    g.bench_function(id.clone(), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                thread::sleep(SETTLE);
-                let s = capture_resume(&kv);
-                total += s.times.pause;
-                all.push(s);
-            }
-            total
-        })
+    let all = measure_all(c, "pause", &id, || {
+        thread::sleep(SETTLE);
+        let s = capture_resume(&kv);
+        (s.times.pause, s)
     });
-    g.finish();
     rep.first = all.first().copied();
     rep.pauses = all.get(1..).unwrap_or_default().to_vec();
-
     // Side by side in the same run: every page copied inside the freeze.
-    let mut all = Vec::new();
-    let mut g = c.benchmark_group("pause_full");
-    configure(&mut g);
-    g.bench_function(id.clone(), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                thread::sleep(SETTLE);
-                let s = capture_resume_with(&kv, Options { precopy: false });
-                total += s.times.pause;
-                all.push(s);
-            }
-            total
-        })
+    rep.pauses_full = measure(c, "pause_full", &id, || {
+        thread::sleep(SETTLE);
+        let s = capture_resume_with(&kv, Options { precopy: false });
+        (s.times.pause, s)
     });
-    g.finish();
-    rep.pauses_full = all.get(1..).unwrap_or_default().to_vec();
 
     for _ in 0..PROBE_RUNS {
         rep.probes.push(probed_capture(&kv));
@@ -610,40 +626,15 @@ fn bench_size(c: &mut Criterion, mib: u64, dir: &Path) -> SizeReport {
     wait_gone(pid, addr);
 
     if RESTORE_MIB.contains(&mib) {
-        let mut all = Vec::new();
-        let mut g = c.benchmark_group("restore");
-        configure(&mut g);
-        g.bench_function(id, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let s = restore_once(&image, addr, dir, false);
-                    total += s.serving;
-                    all.push(s);
-                }
-                total
-            })
+        rep.restores = measure(c, "restore", &id, || {
+            let s = restore_once(&image, addr, dir, false);
+            (s.serving, s)
         });
-        g.finish();
-        rep.restores = all.get(1..).unwrap_or_default().to_vec();
-
         // Side by side: every page copied in before the program runs.
-        let mut all = Vec::new();
-        let mut g = c.benchmark_group("restore_eager");
-        configure(&mut g);
-        g.bench_function(BenchmarkId::from_parameter(format!("{mib}MiB")), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let s = restore_once(&image, addr, dir, true);
-                    total += s.serving;
-                    all.push(s);
-                }
-                total
-            })
+        rep.restores_eager = measure(c, "restore_eager", &id, || {
+            let s = restore_once(&image, addr, dir, true);
+            (s.serving, s)
         });
-        g.finish();
-        rep.restores_eager = all.get(1..).unwrap_or_default().to_vec();
     }
     let _ = fs::remove_file(&image);
     rep
@@ -833,49 +824,34 @@ fn summary(reports: &[SizeReport], load_before: &str) {
                 ratio(m, floor)
             );
         };
-    for r in reports {
-        let m = crit_ms("pause", r.mib);
-        row(
-            "pause (freeze to resume)",
-            r,
-            m,
-            r.pauses.len(),
-            pause_target_ms(r.mib),
-            pause_criu_ms(r.mib),
-        );
+    type Count = fn(&SizeReport) -> usize;
+    let pause_rows: [(&str, &str, Count); 2] = [
+        ("pause (freeze to resume)", "pause", |r| r.pauses.len()),
+        ("pause without pre-copy (--no-precopy)", "pause_full", |r| {
+            r.pauses_full.len()
+        }),
+    ];
+    for (what, group, n) in pause_rows {
+        for r in reports {
+            let (t, k) = (pause_target_ms(r.mib), pause_criu_ms(r.mib));
+            row(what, r, crit_ms(group, r.mib), n(r), t, k);
+        }
     }
-    for r in reports {
-        let m = crit_ms("pause_full", r.mib);
-        row(
-            "pause without pre-copy (--no-precopy)",
-            r,
-            m,
-            r.pauses_full.len(),
-            pause_target_ms(r.mib),
-            pause_criu_ms(r.mib),
-        );
-    }
-    for r in reports.iter().filter(|r| RESTORE_MIB.contains(&r.mib)) {
-        let m = crit_ms("restore", r.mib);
-        row(
-            "restore (command start to serving)",
-            r,
-            m,
-            r.restores.len(),
-            restore_target_ms(r.mib),
-            restore_criu_ms(r.mib),
-        );
-    }
-    for r in reports.iter().filter(|r| RESTORE_MIB.contains(&r.mib)) {
-        let m = crit_ms("restore_eager", r.mib);
-        row(
+    let restore_rows: [(&str, &str, Count); 2] = [
+        ("restore (command start to serving)", "restore", |r| {
+            r.restores.len()
+        }),
+        (
             "restore --eager (command start to serving)",
-            r,
-            m,
-            r.restores_eager.len(),
-            restore_target_ms(r.mib),
-            restore_criu_ms(r.mib),
-        );
+            "restore_eager",
+            |r| r.restores_eager.len(),
+        ),
+    ];
+    for (what, group, n) in restore_rows {
+        for r in reports.iter().filter(|r| RESTORE_MIB.contains(&r.mib)) {
+            let (t, k) = (restore_target_ms(r.mib), restore_criu_ms(r.mib));
+            row(what, r, crit_ms(group, r.mib), n(r), t, k);
+        }
     }
 
     println!();

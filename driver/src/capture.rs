@@ -731,15 +731,7 @@ fn capture_memory(
     }
     grow(staging, (total * PAGE) as usize)?;
     let t = Instant::now();
-    let jobs: Vec<Job> = spans
-        .iter()
-        .map(|s| Job {
-            remote: s.start,
-            len: (s.npages * PAGE) as usize,
-            local: s.offset,
-        })
-        .collect();
-    copy_jobs(pid, jobs, staging.as_mut_slice())?;
+    copy_jobs(pid, jobs_of(&spans), staging.as_mut_slice())?;
     Ok((spans, t.elapsed(), total))
 }
 
@@ -828,15 +820,7 @@ fn precopy(
         bytes += (npages * PAGE) as usize;
     }
     grow(staging, bytes)?;
-    let jobs = staged
-        .iter()
-        .map(|s| Job {
-            remote: s.start,
-            len: (s.npages * PAGE) as usize,
-            local: s.offset,
-        })
-        .collect();
-    copy_jobs(pid, jobs, staging.as_mut_slice())?;
+    copy_jobs(pid, jobs_of(&staged), staging.as_mut_slice())?;
     Ok(Precopy {
         tracker,
         staged,
@@ -932,6 +916,18 @@ fn capture_memory_tracked(
     let t = Instant::now();
     copy_jobs(pid, jobs, staging.as_mut_slice())?;
     Ok((spans, t.elapsed(), copied))
+}
+
+/// One job per span: its pages to its place in the staging buffer.
+fn jobs_of(spans: &[PageSpan]) -> Vec<Job> {
+    spans
+        .iter()
+        .map(|s| Job {
+            remote: s.start,
+            len: (s.npages * PAGE) as usize,
+            local: s.offset,
+        })
+        .collect()
 }
 
 /// Copy `len` bytes at `remote` in the target to `local` in the staging buffer.

@@ -30,64 +30,13 @@ use crate::capture::{VmaCapture, VmaKind};
 use crate::image::Mapped;
 use crate::restore::RestoreError;
 use crate::sys;
-use crate::track::{ioctl, iowr};
+use crate::uffd;
 
 const PAGE: u64 = 4096;
 /// What one fault brings in: the aligned 64 KiB around it, within its run.
 const FAULT_WINDOW: u64 = 64 << 10;
 /// What the filler copies per call.
 const FILL_CHUNK: u64 = 1 << 20;
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-#[repr(C)]
-struct UffdioZeropage {
-    start: u64,
-    len: u64,
-    mode: u64,
-    zeropage: i64,
-}
-
-#[repr(C)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
-}
-
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_API: u64 = iowr(0xaa, 0x3f, std::mem::size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u64 = iowr(0xaa, 0x00, std::mem::size_of::<UffdioRegister>());
-const UFFDIO_COPY: u64 = iowr(0xaa, 0x03, std::mem::size_of::<UffdioCopy>());
-const UFFDIO_ZEROPAGE: u64 = iowr(0xaa, 0x04, std::mem::size_of::<UffdioZeropage>());
-// _IOR(0xaa, 0x02, struct uffdio_range)
-const UFFDIO_WAKE: u64 = (2 << 30) | (16 << 16) | (0xaa << 8) | 0x02;
-static_assertions::const_assert_eq!(UFFDIO_COPY, 0xc028_aa03);
-static_assertions::const_assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
-static_assertions::const_assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 
 /// Whether a mapping's stored pages can be filled lazily: private anonymous
 /// memory (uffd MISSING mode covers anonymous, shmem and hugetlb only).
@@ -112,13 +61,8 @@ pub struct Prepared {
 /// stub mapped them). A range the kernel refuses is filled eagerly instead.
 pub fn prepare(pid: i32, stub_fd: i32, vmas: &[VmaCapture]) -> std::io::Result<Prepared> {
     let pidfd = sys::pidfd_open(pid)?;
-    let uffd = sys::pidfd_getfd(pidfd.as_raw_fd(), stub_fd)?;
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features: 0,
-        ioctls: 0,
-    };
-    ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api)?;
+    let fd = sys::pidfd_getfd(pidfd.as_raw_fd(), stub_fd)?;
+    uffd::api(fd.as_raw_fd(), 0)?;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     let mut sorted: Vec<&VmaCapture> = vmas.iter().filter(|v| lazy_kind(v)).collect();
     sorted.sort_by_key(|v| v.start);
@@ -130,17 +74,21 @@ pub fn prepare(pid: i32, stub_fd: i32, vmas: &[VmaCapture]) -> std::io::Result<P
     }
     let mut registered = Vec::with_capacity(ranges.len());
     for (start, end) in ranges {
-        let mut reg = UffdioRegister {
+        if uffd::register(
+            fd.as_raw_fd(),
             start,
-            len: end - start,
-            mode: UFFDIO_REGISTER_MODE_MISSING,
-            ioctls: 0,
-        };
-        if ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut reg).is_ok() {
+            end,
+            uffd::UFFDIO_REGISTER_MODE_MISSING,
+        )
+        .is_ok()
+        {
             registered.push((start, end));
         }
     }
-    Ok(Prepared { uffd, registered })
+    Ok(Prepared {
+        uffd: fd,
+        registered,
+    })
 }
 
 /// A page run of the image: (address, offset of its data in the image, bytes).
@@ -258,25 +206,12 @@ impl Shared {
     /// `UFFDIO_COPY` of `[dst, dst + len)` from the run `r`.
     fn copy(&self, r: &(u64, u64, usize), dst: u64, len: u64) -> std::io::Result<Copy> {
         let src = self.map.bytes().as_ptr() as u64 + r.1 + (dst - r.0);
-        let mut c = UffdioCopy {
-            dst,
-            src,
-            len,
-            mode: 0,
-            copy: 0,
-        };
         let mut done = 0u64;
         loop {
-            c.dst = dst + done;
-            c.src = src + done;
-            c.len = len - done;
-            c.copy = 0;
-            match ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c) {
-                Ok(_) => return Ok(Copy::Done),
-                Err(e) => {
-                    if c.copy > 0 {
-                        done += c.copy as u64;
-                    }
+            match uffd::copy(self.uffd.as_raw_fd(), dst + done, src + done, len - done) {
+                Ok(()) => return Ok(Copy::Done),
+                Err((e, copied)) => {
+                    done += copied;
                     match e.raw_os_error() {
                         Some(libc::EAGAIN) if done < len => continue,
                         Some(libc::EEXIST) | Some(libc::ENOENT) | Some(libc::EINVAL) => {
@@ -291,11 +226,7 @@ impl Shared {
     }
 
     fn wake(&self, addr: u64) {
-        let mut r = UffdioRange {
-            start: addr,
-            len: PAGE,
-        };
-        let _ = ioctl(self.uffd.as_raw_fd(), UFFDIO_WAKE, &mut r);
+        let _ = uffd::wake(self.uffd.as_raw_fd(), addr, PAGE);
     }
 
     /// Answers one fault at `addr`.
@@ -326,22 +257,15 @@ impl Shared {
             return Ok(());
         }
         // A page the image does not store: it was never touched, so it reads zero.
-        let mut z = UffdioZeropage {
-            start: page,
-            len: PAGE,
-            mode: 0,
-            zeropage: 0,
-        };
-        match ioctl(self.uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z) {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                self.wake(page);
-                Ok(())
-            }
+        match uffd::zeropage(self.uffd.as_raw_fd(), page, PAGE) {
+            Ok(()) => Ok(()),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ESRCH) | Some(libc::EAGAIN) | Some(libc::ENOENT)
+                    Some(libc::EEXIST)
+                        | Some(libc::ESRCH)
+                        | Some(libc::EAGAIN)
+                        | Some(libc::ENOENT)
                 ) =>
             {
                 self.wake(page);
@@ -355,7 +279,7 @@ impl Shared {
     /// queue is empty.
     fn server(&self) -> std::io::Result<()> {
         let fd = self.uffd.as_raw_fd();
-        let mut msgs = [0u8; 32 * 64];
+        let mut msgs = [0u8; uffd::UFFD_MSG_LEN * 64];
         loop {
             let mut pfd = libc::pollfd {
                 fd,
@@ -379,8 +303,8 @@ impl Shared {
                 }
                 return Err(e);
             }
-            for m in msgs[..n as usize].chunks_exact(32) {
-                if m[0] != UFFD_EVENT_PAGEFAULT {
+            for m in msgs[..n as usize].chunks_exact(uffd::UFFD_MSG_LEN) {
+                if m[0] != uffd::UFFD_EVENT_PAGEFAULT {
                     continue;
                 }
                 let addr = u64::from_le_bytes(m[16..24].try_into().expect("8 bytes"));

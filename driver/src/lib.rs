@@ -20,3 +20,4 @@ pub mod run;
 pub mod staging;
 pub mod sys;
 pub mod track;
+pub mod uffd;

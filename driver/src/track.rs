@@ -26,6 +26,7 @@ use crate::error::CaptureError;
 use crate::freeze::Frozen;
 use crate::inject::{self, Injector};
 use crate::sys;
+use crate::uffd;
 
 pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
@@ -35,97 +36,8 @@ pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 
 const SYS_CLOSE: u64 = 3;
 const SYS_USERFAULTFD: u64 = 323;
-const UFFD_USER_MODE_ONLY: u64 = 1;
 
-/// `PAGEMAP_SCAN` result: `[start, end)` with the categories asked for in `return_mask`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PageRegion {
-    pub start: u64,
-    pub end: u64,
-    pub categories: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioWriteprotect {
-    start: u64,
-    len: u64,
-    mode: u64,
-}
-
-// _IOWR(type, nr, size) = 3 << 30 | size << 16 | type << 8 | nr
-pub(crate) const fn iowr(ty: u64, nr: u64, size: usize) -> u64 {
-    (3 << 30) | ((size as u64) << 16) | (ty << 8) | nr
-}
-const PAGEMAP_SCAN: u64 = iowr(b'f' as u64, 16, std::mem::size_of::<PmScanArg>());
-const UFFDIO_API: u64 = iowr(0xaa, 0x3f, std::mem::size_of::<UffdioApi>());
-const UFFDIO_REGISTER: u64 = iowr(0xaa, 0x00, std::mem::size_of::<UffdioRegister>());
-const UFFDIO_WRITEPROTECT: u64 = iowr(0xaa, 0x06, std::mem::size_of::<UffdioWriteprotect>());
-static_assertions::const_assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
-static_assertions::const_assert_eq!(UFFDIO_API, 0xc018_aa3f);
-static_assertions::const_assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
-static_assertions::const_assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
-
-const UFFD_API: u64 = 0xaa;
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
-
-pub(crate) fn ioctl<T>(fd: RawFd, req: u64, arg: &mut T) -> std::io::Result<i64> {
-    // SAFETY: `arg` is a live, correctly sized `#[repr(C)]` value of the type the
-    // request `req` is defined with (the numbers are pinned above); the kernel reads
-    // and writes only that value and, for PAGEMAP_SCAN, the vector it points to,
-    // which the caller keeps alive for the call.
-    let rc = unsafe { libc::ioctl(fd, req as libc::c_ulong, arg as *mut T) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc as i64)
-    }
-}
-
-/// Which pages a scan returns: after XOR with `inverted`, a page must have every bit
-/// of `all` and (if non-zero) one bit of `any`; results carry `categories & ret`.
-#[derive(Clone, Copy, Debug)]
-pub struct Query {
-    pub inverted: u64,
-    pub all: u64,
-    pub any: u64,
-    pub ret: u64,
-}
+pub use crate::uffd::{PageRegion, ScanQuery as Query};
 
 impl Query {
     /// The pages an image stores: present or swapped, and not an unmodified page
@@ -141,9 +53,7 @@ impl Query {
     }
 }
 
-/// Runs `PAGEMAP_SCAN` over `[start, end)` of the mm behind `pagemap` and appends
-/// the regions. Continues only when the vector came back full (`walk_end` is only
-/// advanced then; DESIGN.md).
+/// Runs `PAGEMAP_SCAN` over `[start, end)` of the mm behind `pagemap`.
 pub fn scan(
     pagemap: &File,
     start: u64,
@@ -151,27 +61,7 @@ pub fn scan(
     q: Query,
     out: &mut Vec<PageRegion>,
 ) -> std::io::Result<()> {
-    let mut vec = vec![PageRegion::default(); 4096];
-    let mut arg = PmScanArg {
-        size: std::mem::size_of::<PmScanArg>() as u64,
-        start,
-        end,
-        vec: vec.as_mut_ptr() as u64,
-        vec_len: vec.len() as u64,
-        category_inverted: q.inverted,
-        category_mask: q.all,
-        category_anyof_mask: q.any,
-        return_mask: q.ret,
-        ..Default::default()
-    };
-    loop {
-        let n = ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg)? as usize;
-        out.extend_from_slice(&vec[..n.min(vec.len())]);
-        if n < vec.len() || arg.walk_end >= end {
-            return Ok(());
-        }
-        arg.start = arg.walk_end;
-    }
+    uffd::pagemap_scan(pagemap.as_raw_fd(), start, end, q, out)
 }
 
 /// A userfaultfd living in the target's mm, held by the driver.
@@ -205,7 +95,7 @@ impl Tracker {
         let regs = sys::ptrace_getregs(tid)
             .map_err(CaptureError::ptrace("GETREGSET(NT_PRSTATUS)", tid))?;
         let regs = inject::normalized(&regs, inject::restart_kind(&regs));
-        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY;
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
         let fd = injector.syscall(tid, &regs, SYS_USERFAULTFD, [flags, 0, 0, 0, 0, 0])?;
         if fd < 0 {
             frozen.resume();
@@ -220,7 +110,7 @@ impl Tracker {
         let rc = injector.syscall(tid, &regs, SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
         frozen.resume();
         inject::redeliver_deferred(pid);
-        let uffd = ours.map_err(|e| CaptureError::Fd {
+        let tracker_fd = ours.map_err(|e| CaptureError::Fd {
             pid,
             fd: fd as i32,
             detail: format!("pidfd_getfd of the injected userfaultfd: {e}"),
@@ -232,18 +122,14 @@ impl Tracker {
                 detail: format!("close of the injected userfaultfd {fd}: errno {}", -rc),
             });
         }
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
-            ioctls: 0,
-        };
-        ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api).map_err(|e| CaptureError::Fd {
+        let features = uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED;
+        uffd::api(tracker_fd.as_raw_fd(), features).map_err(|e| CaptureError::Fd {
             pid,
             fd: fd as i32,
             detail: format!("UFFDIO_API with WP_ASYNC | WP_UNPOPULATED: {e}"),
         })?;
         Ok(Tracker {
-            uffd,
+            uffd: tracker_fd,
             pagemap,
             protected: Vec::new(),
         })
@@ -255,21 +141,9 @@ impl Tracker {
     /// copied during the pause.
     pub fn protect(&mut self, start: u64, end: u64) -> bool {
         let fd = self.uffd.as_raw_fd();
-        let mut reg = UffdioRegister {
-            start,
-            len: end - start,
-            mode: UFFDIO_REGISTER_MODE_WP,
-            ioctls: 0,
-        };
-        if ioctl(fd, UFFDIO_REGISTER, &mut reg).is_err() {
-            return false;
-        }
-        let mut wp = UffdioWriteprotect {
-            start,
-            len: end - start,
-            mode: UFFDIO_WRITEPROTECT_MODE_WP,
-        };
-        if ioctl(fd, UFFDIO_WRITEPROTECT, &mut wp).is_err() {
+        if uffd::register(fd, start, end, uffd::UFFDIO_REGISTER_MODE_WP).is_err()
+            || uffd::write_protect(fd, start, end).is_err()
+        {
             return false;
         }
         self.protected.push((start, end));
@@ -283,7 +157,7 @@ mod tests {
 
     /// A tracker on this test process's own mm (no injection needed).
     fn own_tracker() -> Tracker {
-        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY;
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
         // SAFETY: userfaultfd takes one integer and returns a new fd or -1.
         let fd = unsafe { libc::syscall(SYS_USERFAULTFD as libc::c_long, flags) };
         assert!(
@@ -292,15 +166,14 @@ mod tests {
             std::io::Error::last_os_error()
         );
         // SAFETY: the kernel just returned this fd; nothing else owns it.
-        let uffd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
-            ioctls: 0,
-        };
-        ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api).expect("UFFDIO_API (kernel >= 6.7)");
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+        uffd::api(
+            owned.as_raw_fd(),
+            uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
+        )
+        .expect("UFFDIO_API (kernel >= 6.7)");
         Tracker {
-            uffd,
+            uffd: owned,
             pagemap: File::open("/proc/self/pagemap").expect("pagemap"),
             protected: Vec::new(),
         }

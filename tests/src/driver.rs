@@ -129,44 +129,73 @@ pub fn restore_detached(image: &Path, dir: &Path) -> Result<Restored, String> {
 
 /// [`restore_detached`] with more arguments for `cs-driver restore`.
 pub fn restore_detached_with(image: &Path, dir: &Path, extra: &[&str]) -> Result<Restored, String> {
+    restore_detached_then(image, dir, extra, |_| ()).map(|(r, ())| r)
+}
+
+/// [`restore_detached_with`], calling `at_release(pid)` as soon as the driver
+/// prints the pid (the program runs by then; with the default lazy fill the
+/// command itself returns only once every page is in).
+pub fn restore_detached_then<T>(
+    image: &Path,
+    dir: &Path,
+    extra: &[&str],
+    at_release: impl FnOnce(u32) -> T,
+) -> Result<(Restored, T), String> {
+    use std::io::{BufRead, BufReader, Read};
+    let _ = stub();
     let stdout = dir.join("restored.stdout");
     let stderr = dir.join("restored.stderr");
-    let mut args = vec![
-        "restore",
-        image.to_str().expect("utf-8 path"),
-        "--detach",
-        "--stdout",
-        stdout.to_str().expect("utf-8"),
-        "--stderr",
-        stderr.to_str().expect("utf-8"),
-    ];
-    args.extend_from_slice(extra);
-    let out = cs(&args);
-    if !out.status.success() {
+    let mut child = Command::new(driver())
+        .arg("restore")
+        .arg(image)
+        .args(["--detach", "--stdout"])
+        .arg(&stdout)
+        .arg("--stderr")
+        .arg(&stderr)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning cs-driver restore: {e}"))?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    // Drain stderr meanwhile, so a chatty driver never blocks on it.
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut line = String::new();
+    let _ = out.read_line(&mut line);
+    let pid: Option<u32> = line.trim().parse().ok();
+    let early = pid.map(at_release);
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for cs-driver: {e}"))?;
+    let driver_stderr = err_reader.join().unwrap_or_default();
+    if !status.success() {
         return Err(format!(
-            "cs-driver restore failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            "cs-driver restore failed ({status}): {driver_stderr}"
         ));
     }
     if std::env::var_os("CS_SHOW_DRIVER").is_some() {
-        eprintln!("driver stderr: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!("driver stderr: {driver_stderr}");
     }
-    let pid: u32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| {
-            format!(
-                "restore printed no pid: {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })?;
-    Ok(Restored {
-        pid,
-        stdout,
-        stderr,
-        driver_stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    let (Some(pid), Some(early)) = (pid, early) else {
+        return Err(format!("restore printed no pid: {line:?}"));
+    };
+    Ok((
+        Restored {
+            pid,
+            stdout,
+            stderr,
+            driver_stderr,
+        },
+        early,
+    ))
 }
 
 /// The innermost NSpid of every task of `pid`, sorted: the ids the program sees.

@@ -1,6 +1,12 @@
 //! Checkpoint and restore of the kvstore fixture on one host, with the real
 //! `cs-driver dump` / `cs-driver restore` (issue 4, acceptance test 1), for both Go
-//! toolchains.
+//! toolchains, with lazy (default) and eager (`--eager`) page filling.
+//!
+//! The restored `/proc/PID/maps`, read the moment the program is released, must
+//! equal the mappings the image recorded at the freeze (addresses and permissions),
+//! with no writable+executable mapping and nothing at the stub's address. The
+//! mappings seen before the dump are not the reference: a dump pre-copies for
+//! ~100 ms first, and Go may map more heap meanwhile (seen: +4 MiB, Go 1.19).
 //!
 //! What it does not prove: that a process with client connections open at the
 //! dump gets them back (they come back disconnected by design), that a second
@@ -68,6 +74,30 @@ fn program_maps(pid: u32) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
+/// The mappings the image records (`cs-driver inspect -v`): start, end and the
+/// three permission letters, without `[vsyscall]`.
+fn image_maps(image: &std::path::Path) -> Vec<(u64, u64, String)> {
+    let out = driver::cs_ok(&["inspect", image.to_str().expect("utf-8"), "-v"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let hex = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
+        if let (Some(a), Some(b)) = (hex(a), hex(b)) {
+            if a != 0xffff_ffff_ff60_0000 && a.is_multiple_of(4096) {
+                v.push((a, b, perms.to_string()));
+            }
+        }
+    }
+    v
+}
+
 /// How `restore` fills the pages.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fill {
@@ -111,7 +141,10 @@ fn dump_and_restore(tc: GoToolchain, fill: Fill) {
     } else {
         &[]
     };
-    let restored = driver::restore_detached_with(&image, dir.path(), extra).expect("restore");
+    // The mappings are read the moment the program is released: it may grow its
+    // heap soon after (with lazy filling the command returns later).
+    let (restored, maps_after) =
+        driver::restore_detached_then(&image, dir.path(), extra, program_maps).expect("restore");
     let restore_done = t.elapsed();
     // The path asked for is the one taken.
     let lazily = restored.driver_stderr.contains("every page of pid");
@@ -121,7 +154,6 @@ fn dump_and_restore(tc: GoToolchain, fill: Fill) {
         "driver said: {}",
         restored.driver_stderr
     );
-    let maps_after = program_maps(restored.pid);
     let tids_after = seen_tids(restored.pid);
     let exe_after = std::fs::read_link(format!("/proc/{}/exe", restored.pid)).expect("exe link");
     let fds_after = fd_numbers(restored.pid);
@@ -138,13 +170,37 @@ fn dump_and_restore(tc: GoToolchain, fill: Fill) {
             "tid {t} missing after restore: before {tids_before:?}, after {tids_after:?}"
         );
     }
-    // Address space: same addresses and permissions, nothing extra (no stub left).
+    // Address space: the mappings the original had when it was frozen, with
+    // their permissions, and nothing extra (no stub left). The image records
+    // them; the program may have grown its heap between `maps_before` and the
+    // freeze (a dump pre-copies for ~100 ms first): allowed, and said.
+    let at_freeze = image_maps(&image);
+    let three = |m: &[(u64, u64, String)]| -> Vec<(u64, u64, String)> {
+        m.iter()
+            .map(|(a, b, p)| (*a, *b, p[..3].to_string()))
+            .collect()
+    };
+    assert!(at_freeze.len() > 10, "inspect listed {at_freeze:?}");
     assert_eq!(
-        maps_after,
-        maps_before,
-        "restored /proc/PID/maps differs from the original\nstderr:\n{}",
+        three(&maps_after),
+        at_freeze,
+        "restored /proc/PID/maps differs from the checkpoint's mappings\nstderr:\n{}",
         restored.stderr_tail()
     );
+    if three(&maps_before) != at_freeze {
+        eprintln!(
+            "note: the program changed its mappings between the first look and the freeze:\n  before {maps_before:?}\n  at the freeze {at_freeze:?}"
+        );
+    }
+    // Nothing the stub used is left: no writable+executable mapping, no mapping of
+    // the stub's link address.
+    for (a, _, p) in &maps_after {
+        assert!(
+            !p.starts_with("rwx"),
+            "an rwx mapping at {a:#x} after restore"
+        );
+        assert_ne!(*a, 0x3000_0000_0000, "the stub's image is still mapped");
+    }
     assert_eq!(
         exe_after, exe_before,
         "/proc/PID/exe must name the program again, not the stub"
