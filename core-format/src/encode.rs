@@ -79,6 +79,8 @@ pub struct EncodeProgress {
     pub frames: u32,
     /// Pages encoded.
     pub pages: u32,
+    /// Of `pages`, those found all-zero and written as Zero runs (no data stored).
+    pub zero_pages: u32,
     /// True when every page has been encoded.
     pub done: bool,
 }
@@ -265,6 +267,9 @@ impl<'p> PageRunEncoder<'p> {
             self.next += npages as usize;
             progress.frames += 1;
             progress.pages += npages;
+            if zero {
+                progress.zero_pages += npages;
+            }
         }
         progress.bytes_written = pos;
         progress.done = self.is_done();

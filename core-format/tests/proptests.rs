@@ -214,6 +214,8 @@ proptest! {
         prop_assert_eq!(p.pages as usize, addrs.len());
         let got = decode_runs(&out[..p.bytes_written]);
         prop_assert_eq!(got.len(), p.frames as usize);
+        let zero: u32 = got.iter().filter(|r| r.2).map(|r| r.1).sum();
+        prop_assert_eq!(p.zero_pages, zero, "zero pages reported vs. zero runs written");
         prop_assert_eq!(got, oracle_runs(&addrs, &src));
         // The digest the encoder kept equals one recomputed from the frames.
         let mut again = EpochDigest::new();

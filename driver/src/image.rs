@@ -395,6 +395,7 @@ pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError
         stats.bytes += p.bytes_written as u64;
         stats.page_frames += p.frames;
         stats.pages += u64::from(p.pages);
+        stats.zero_pages += u64::from(p.zero_pages);
     }
     let commit = digest.commit(1);
     put(cf::Record::EpochCommit(commit), w, &mut digest, &mut stats)?;

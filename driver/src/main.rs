@@ -176,7 +176,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let stats = image::write_image(&c, &output)
                 .with_context(|| format!("writing {}", output.display()))?;
             eprintln!(
-                "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} stored pages; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2} for {} pages, fds {:.2}); pre-copy {:.2} ms of {} pages, with a {:.2} ms stop; program {}",
+                "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} pages stored and {} zero pages recorded without data; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2} for {} pages, fds {:.2}); pre-copy {:.2} ms of {} pages, with a {:.2} ms stop; program {}",
                 c.pid,
                 c.threads.len(),
                 c.vmas.len(),
@@ -184,7 +184,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 c.fds.len(),
                 output.display(),
                 stats.bytes,
-                stats.pages,
+                stats.pages - stats.zero_pages,
+                stats.zero_pages,
                 ms(c.times.pause),
                 ms(c.times.freeze),
                 ms(c.times.threads),
