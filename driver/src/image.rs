@@ -135,13 +135,23 @@ fn proto(mptcp: bool) -> cf::InetProtocol {
 
 /// Writes a whole checkpoint as one full epoch.
 pub fn write_image(c: &Capture, path: &Path) -> Result<WriteStats, ImageError> {
+    write_image_with(c, path, &mut |_, _| {})
+}
+
+/// [`write_image`], calling `progress(pages written, pages in all)` as page runs are
+/// written (a 1 GiB image takes seconds).
+pub fn write_image_with(
+    c: &Capture,
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<WriteStats, ImageError> {
     let io = |e: std::io::Error| ImageError::Io {
         path: path.display().to_string(),
         source: e,
     };
     let file = File::create(path).map_err(io)?;
     let mut w = BufWriter::with_capacity(8 << 20, file);
-    let stats = encode(c, &mut w)?;
+    let stats = encode_with(c, &mut w, progress)?;
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_data().map_err(io)?;
     Ok(stats)
@@ -149,6 +159,14 @@ pub fn write_image(c: &Capture, path: &Path) -> Result<WriteStats, ImageError> {
 
 /// Encodes a capture as frames into `w`.
 pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError> {
+    encode_with(c, w, &mut |_, _| {})
+}
+
+fn encode_with<W: Write>(
+    c: &Capture,
+    w: &mut W,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<WriteStats, ImageError> {
     let mut stats = WriteStats::default();
     let mut digest = cf::EpochDigest::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -396,6 +414,7 @@ pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError
         stats.page_frames += p.frames;
         stats.pages += u64::from(p.pages);
         stats.zero_pages += u64::from(p.zero_pages);
+        progress(stats.pages, addrs.len() as u64);
     }
     let commit = digest.commit(1);
     put(cf::Record::EpochCommit(commit), w, &mut digest, &mut stats)?;

@@ -173,8 +173,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(note) = &c.precopy_note {
                 eprintln!("cs-driver: {note}; copying all memory inside the freeze");
             }
-            let stats = image::write_image(&c, &output)
-                .with_context(|| format!("writing {}", output.display()))?;
+            let stats = write_with_progress(&c, &output)?;
             eprintln!(
                 "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} pages stored and {} zero pages recorded without data; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2} for {} pages, fds {:.2}); pre-copy {:.2} ms of {} pages, with a {:.2} ms stop; program {}",
                 c.pid,
@@ -274,6 +273,39 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Writes the image; on a terminal, shows how far it got (a 1 GiB image takes
+/// seconds, most of it after the program was resumed or killed).
+fn write_with_progress(
+    c: &capture::Capture,
+    output: &std::path::Path,
+) -> anyhow::Result<image::WriteStats> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    let mut shown = false;
+    let mut progress = |done: u64, total: u64| {
+        if tty && total > 0 && last.elapsed() >= std::time::Duration::from_millis(250) {
+            last = std::time::Instant::now();
+            shown = true;
+            let mib = |p: u64| p * 4096 / (1 << 20);
+            eprint!(
+                "\r\x1b[Kcs-driver: writing {}: {}% ({} of {} MiB of pages)",
+                output.display(),
+                done * 100 / total,
+                mib(done),
+                mib(total)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let stats = image::write_image_with(c, output, &mut progress)
+        .with_context(|| format!("writing {}", output.display()))?;
+    if shown {
+        eprint!("\r\x1b[K");
+    }
+    Ok(stats)
 }
 
 fn ms(d: std::time::Duration) -> f64 {
