@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::error::CaptureError;
 use crate::fds::{self, FdCapture};
 use crate::freeze::Frozen;
-use crate::inject::{self, Injector, Restart};
+use crate::inject::{self, Injector, Restart, Site};
 use crate::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::staging::Staging;
 use crate::sys::{self, UserRegs};
@@ -184,6 +184,7 @@ pub enum After {
     Kill,
 }
 
+const SYS_CLOSE: u64 = 3;
 const SYS_MMAP: u64 = 9;
 const SYS_MUNMAP: u64 = 11;
 const SYS_RT_SIGACTION: u64 = 13;
@@ -277,8 +278,21 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
     times.threads = t.elapsed();
 
     let t = Instant::now();
-    let injector = Injector::new(pid, vdso)?;
-    let sigactions = inject_queries(&injector, &mut threads, &status)?;
+    // Single injected syscalls run at a parked futex waiter's own `syscall`.
+    let list: Vec<(i32, UserRegs)> = threads.iter().map(|t| (t.host_tid, t.regs)).collect();
+    let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
+    let site = Site::choose(
+        pid,
+        &list,
+        vdso,
+        (
+            first.host_tid,
+            inject::normalized(&first.regs, first.restart),
+        ),
+    )?;
+    remove_stale_scratch(&site, &smaps_before)?;
+    remove_stale_tracker_fds(&site)?;
+    let sigactions = inject_queries(&site, &mut threads, &status)?;
     times.inject = t.elapsed();
 
     let t = Instant::now();
@@ -382,7 +396,8 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
 /// Per-thread sigaltstack and the process's signal handlers, by injected syscalls.
 ///
 /// Safe against the driver dying: except for the scratch `mmap` and `munmap`
-/// themselves (two single syscalls at the vDSO gadget), every injected syscall runs
+/// themselves (two single syscalls at `site`, see [`inject::parked_site`]), every
+/// injected syscall runs
 /// at a trampoline in the scratch mapping, `syscall; mov eax, 15; syscall`, with rsp
 /// at an `rt_sigframe` holding the thread's own state. The driver normally stops the
 /// thread at the first syscall's exit and puts its registers back; if the driver was
@@ -390,11 +405,11 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
 /// it was frozen. The sigaltstack query writes its answer straight into the frame's
 /// `uc_stack`, so the frame is right before it is ever needed.
 fn inject_queries(
-    inj: &Injector,
+    site: &Site,
     threads: &mut [ThreadCapture],
     status: &procfs::Status,
 ) -> Result<Vec<SigAction>, CaptureError> {
-    let pid = inj.pid;
+    let pid = site.inj.pid;
     let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
     let t0 = first.host_tid;
     let t0_regs = inject::normalized(&first.regs, first.restart);
@@ -402,10 +417,10 @@ fn inject_queries(
     let len = 2 * PAGE + threads.len() as u64 * FRAME_SLOT;
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let scratch = inj.syscall(t0, &t0_regs, SYS_MMAP, [0, len, prot, flags, u64::MAX, 0])?;
+    let scratch = site.syscall(SYS_MMAP, [0, len, prot, flags, u64::MAX, 0])?;
     if scratch < 0 {
         return Err(CaptureError::Inject {
-            tid: t0,
+            tid: site.tid,
             nr: SYS_MMAP,
             detail: format!("mmap scratch: errno {}", -scratch),
         });
@@ -420,10 +435,13 @@ fn inject_queries(
         }
     };
     let result = (|| {
-        // syscall; mov eax, 15 (rt_sigreturn); syscall; ud2
-        let tramp = [
+        // syscall; mov eax, 15 (rt_sigreturn); syscall; ud2; then the marker that
+        // lets a later dump recognise this mapping if it is ever left behind.
+        let mut tramp = vec![
             0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b,
         ];
+        tramp.resize(SCRATCH_MARK_AT, 0xcc);
+        tramp.extend_from_slice(SCRATCH_MARK);
         sys::write_remote(pid, scratch, &tramp).map_err(mem_err(scratch, tramp.len()))?;
         let safe = Injector {
             pid,
@@ -494,15 +512,97 @@ fn inject_queries(
         }
         Ok(acts)
     })();
-    let rc = inj.syscall(t0, &t0_regs, SYS_MUNMAP, [scratch, len, 0, 0, 0, 0])?;
+    let rc = site.syscall(SYS_MUNMAP, [scratch, len, 0, 0, 0, 0])?;
     if rc < 0 {
         return Err(CaptureError::Inject {
-            tid: t0,
+            tid: site.tid,
             nr: SYS_MUNMAP,
             detail: format!("munmap scratch: errno {}", -rc),
         });
     }
     result
+}
+
+/// Where and what the marker of a scratch mapping is (page 0, after the trampoline).
+const SCRATCH_MARK_AT: usize = 16;
+const SCRATCH_MARK: &[u8; 32] = b"CheckSync scratch, safe to unmap";
+
+/// Unmaps scratch mappings an earlier driver left in the program when it was killed
+/// between its `mmap` and `munmap` (the program itself resumed intact; see
+/// docs/restore.md). A candidate is a private anonymous rwx mapping whose first
+/// page carries the trampoline and [`SCRATCH_MARK`]; it is not in use, since no
+/// other driver can trace the program while this one does.
+fn remove_stale_scratch(site: &Site, smaps: &[MapEntry]) -> Result<(), CaptureError> {
+    let pid = site.inj.pid;
+    for m in smaps {
+        if !(m.read && m.write && m.exec && !m.shared && m.name.is_empty()) {
+            continue;
+        }
+        let mut head = [0u8; SCRATCH_MARK_AT + 32];
+        let n = head.len();
+        if sys::read_remote(pid, &mut head, &[(m.start, n)]).is_err()
+            || head[..2] != [0x0f, 0x05]
+            || &head[SCRATCH_MARK_AT..] != SCRATCH_MARK
+        {
+            continue;
+        }
+        let rc = site.syscall(SYS_MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+        if rc < 0 {
+            return Err(CaptureError::Inject {
+                tid: site.tid,
+                nr: SYS_MUNMAP,
+                detail: format!(
+                    "munmap of a scratch mapping left by a killed driver at {:#x}: errno {}",
+                    m.start, -rc
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Closes userfaultfds an earlier driver left in the program when it was killed
+/// between the pre-copy tracker's injected `userfaultfd` and `close`. Such an fd
+/// never had its `UFFDIO_API` handshake (the driver does that on its own copy after
+/// the close), which fdinfo shows: bit 31 of the `API:` features (the kernel's
+/// "initialized" flag) is clear. An uninitialized uffd is unusable, and a program
+/// holding any uffd could not be restored anyway (the fd kind is refused).
+fn remove_stale_tracker_fds(site: &Site) -> Result<(), CaptureError> {
+    let pid = site.inj.pid;
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let is_uffd = fs::read_link(e.path())
+            .is_ok_and(|l| l.as_os_str().as_bytes() == b"anon_inode:[userfaultfd]");
+        if !is_uffd {
+            continue;
+        }
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let features = info
+            .lines()
+            .find_map(|l| l.strip_prefix("API:"))
+            .and_then(|v| v.trim().split(':').nth(1))
+            .and_then(|f| u64::from_str_radix(f, 16).ok());
+        if features.is_none_or(|f| f & (1 << 31) != 0) {
+            continue;
+        }
+        let rc = site.syscall(SYS_CLOSE, [fd, 0, 0, 0, 0, 0])?;
+        if rc < 0 {
+            return Err(CaptureError::Inject {
+                tid: site.tid,
+                nr: SYS_CLOSE,
+                detail: format!(
+                    "close of a userfaultfd left by a killed driver (fd {fd}): errno {}",
+                    -rc
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Queries the handlers of `sigs` in one run of injected code: the scratch page

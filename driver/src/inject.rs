@@ -54,6 +54,71 @@ pub fn normalized(r: &UserRegs, kind: Restart) -> UserRegs {
     n
 }
 
+const SYS_FUTEX: u64 = 202;
+
+/// Picks the thread and `syscall` instruction for single injected syscalls: a
+/// thread parked in a restartable `futex` wait, at its own `syscall` instruction
+/// (its normalised `rip`), verified to hold `0f 05`. Returns (tid, normalised
+/// registers, site).
+///
+/// Why: if the driver dies while the thread is inside the injected syscall, the
+/// thread runs on from the instruction after it with the injected syscall's result
+/// in rax, i.e. as if its own futex wait had returned that value. Futex waits are
+/// allowed to wake spuriously (Go's `futexsleep` ignores the result and its callers
+/// re-check), so the program carries on. At a `syscall` borrowed from the vDSO the
+/// thread would instead run on into whatever vDSO code follows: a kill inside the
+/// scratch `munmap` there once made a kvstore's netpoller fail with "epollwait ...
+/// failed with 5" (tests/tests/dump_killed.rs).
+pub fn parked_site(pid: i32, threads: &[(i32, UserRegs)]) -> Option<(i32, UserRegs, u64)> {
+    threads.iter().find_map(|&(tid, raw)| {
+        if raw.orig_rax != SYS_FUTEX || restart_kind(&raw) != Restart::Restart {
+            return None;
+        }
+        let n = normalized(&raw, Restart::Restart);
+        let mut insn = [0u8; 2];
+        sys::read_remote(pid, &mut insn, &[(n.rip, 2)]).ok()?;
+        (insn == [0x0f, 0x05]).then_some((tid, n, n.rip))
+    })
+}
+
+/// Where single injected syscalls run: a thread, its normalised registers (put
+/// back after each call) and the `syscall` instruction used.
+#[derive(Debug)]
+pub struct Site {
+    pub inj: Injector,
+    pub tid: i32,
+    pub regs: UserRegs,
+}
+
+impl Site {
+    /// A parked futex waiter at its own `syscall` ([`parked_site`]), else
+    /// `fallback` (tid, normalised registers) at a `syscall` in the `[vdso]`.
+    pub fn choose(
+        pid: i32,
+        threads: &[(i32, UserRegs)],
+        vdso: Option<(u64, u64)>,
+        fallback: (i32, UserRegs),
+    ) -> Result<Site, CaptureError> {
+        Ok(match parked_site(pid, threads) {
+            Some((tid, regs, gadget)) => Site {
+                inj: Injector { pid, gadget },
+                tid,
+                regs,
+            },
+            None => Site {
+                inj: Injector::new(pid, vdso)?,
+                tid: fallback.0,
+                regs: fallback.1,
+            },
+        })
+    }
+
+    /// Runs `nr(args)` in the site's thread; returns the raw result.
+    pub fn syscall(&self, nr: u64, args: [u64; 6]) -> Result<i64, CaptureError> {
+        self.inj.syscall(self.tid, &self.regs, nr, args)
+    }
+}
+
 static DEFERRED: std::sync::Mutex<Vec<(i32, i32)>> = std::sync::Mutex::new(Vec::new());
 
 /// Records a signal that arrived for `tid` while it was running injected code.

@@ -24,7 +24,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::CaptureError;
 use crate::freeze::Frozen;
-use crate::inject::{self, Injector};
+use crate::inject::{self, Site};
 use crate::sys;
 use crate::uffd;
 
@@ -86,17 +86,23 @@ impl Tracker {
             path: pagemap_path,
             source: e,
         })?;
-        let injector = Injector::new(pid, vdso)?;
         let frozen = Frozen::freeze(pid)?;
-        let tid = *frozen
-            .tids
-            .first()
-            .ok_or(CaptureError::ProcessGone { pid })?;
-        let regs = sys::ptrace_getregs(tid)
-            .map_err(CaptureError::ptrace("GETREGSET(NT_PRSTATUS)", tid))?;
-        let regs = inject::normalized(&regs, inject::restart_kind(&regs));
+        let mut threads = Vec::with_capacity(frozen.tids.len());
+        for &t in &frozen.tids {
+            let r = sys::ptrace_getregs(t)
+                .map_err(CaptureError::ptrace("GETREGSET(NT_PRSTATUS)", t))?;
+            threads.push((t, r));
+        }
+        let &(t0, r0) = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
+        let site = Site::choose(
+            pid,
+            &threads,
+            vdso,
+            (t0, inject::normalized(&r0, inject::restart_kind(&r0))),
+        )?;
+        let tid = site.tid;
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
-        let fd = injector.syscall(tid, &regs, SYS_USERFAULTFD, [flags, 0, 0, 0, 0, 0])?;
+        let fd = site.syscall(SYS_USERFAULTFD, [flags, 0, 0, 0, 0, 0])?;
         if fd < 0 {
             frozen.resume();
             inject::redeliver_deferred(pid);
@@ -107,7 +113,7 @@ impl Tracker {
             });
         }
         let ours = sys::pidfd_getfd(pidfd, fd as i32);
-        let rc = injector.syscall(tid, &regs, SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
+        let rc = site.syscall(SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
         frozen.resume();
         inject::redeliver_deferred(pid);
         let tracker_fd = ours.map_err(|e| CaptureError::Fd {

@@ -14,12 +14,12 @@
 //! - fixed delays after the main thread was seen traced a second time, i.e. after
 //!   the freeze that follows the pre-copy began (0, 0.5, 1, 2, 4 ms), inside the
 //!   pause;
-//! - the moment the main thread is seen, while traced, in one of the syscalls the
+//! - the moment a thread is seen, while traced, in one of the syscalls the
 //!   driver makes it run (`/proc/PID/task/PID/syscall`: number and instruction
 //!   pointer): the pre-copy tracker's `userfaultfd` and `close` and the scratch
-//!   `mmap` and `munmap`, all at the `syscall` instruction borrowed from the
-//!   `[vdso]`, and the `sigaltstack` query and the batched `rt_sigaction` queries in
-//!   the scratch mapping. These are the windows where the
+//!   `mmap` and `munmap`, all single syscalls at a parked futex waiter's own
+//!   `syscall` instruction (any thread), and the `sigaltstack` query and the batched
+//!   `rt_sigaction` queries in the scratch mapping (main thread). These are the windows where the
 //!   driver has rewritten a thread's registers. Two tries each; a try that does not
 //!   see its window kills the driver anyway (counted as a miss);
 //! - eight seeded random delays in the first 150 ms after the first attach (seed
@@ -37,8 +37,11 @@
 //! traced nor a zombie; it answers a GET of a preloaded key with the right value and
 //! of a marker key. A driver killed between its scratch mmap and munmap leaves that
 //! anonymous writable+executable mapping in the program (a known gap, see
-//! docs/restore.md): such leaks are counted and printed, not failed. At the end every
-//! preloaded value verifies and a complete dump of the program still works.
+//! docs/restore.md): such leaks are counted and printed, not failed, but the next
+//! dump must remove them: after the final complete dump none may remain. The same
+//! holds for a userfaultfd left by a kill between the pre-copy tracker's injected
+//! `userfaultfd` and `close`. At the end
+//! every preloaded value verifies and a complete dump of the program still works.
 //!
 //! What it does not prove: that a kill at *every* instant is harmless (the kill
 //! points are sampled; the windows of the injected syscalls are short and only hit
@@ -93,8 +96,10 @@ impl std::fmt::Display for KillAt {
 /// Where the driver runs code in the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Code {
-    /// The `syscall` instruction it borrows in the `[vdso]` (scratch mmap, munmap).
-    Vdso,
+    /// A parked futex waiter's own `syscall` instruction in the program's text,
+    /// where single injected syscalls run (tracker userfaultfd/close, scratch
+    /// mmap/munmap); any thread.
+    Site,
     /// Its scratch mapping, the only writable+executable one (trampolines, the
     /// batched signal-handler queries and their futex wait).
     Scratch,
@@ -130,11 +135,27 @@ fn tracer(pid: u32) -> Option<u32> {
 /// The syscall the main thread is stopped or blocked in and its instruction
 /// pointer (`None` while it runs).
 fn main_syscall(pid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall")).ok()?;
+    task_syscall(pid, pid)
+}
+
+fn task_syscall(pid: u32, tid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
     let f: Vec<&str> = s.split_whitespace().collect();
     let nr = f.first()?.parse().ok()?;
     let pc = u64::from_str_radix(f.last()?.trim_start_matches("0x"), 16).ok()?;
     Some((nr, pc))
+}
+
+/// The syscall any thread is in: (nr, pc) of each task.
+fn all_syscalls(pid: u32) -> Vec<(u64, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|tid| task_syscall(pid, tid))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether `pc` lies in the `[vdso]` or in a writable+executable mapping.
@@ -151,8 +172,11 @@ fn pc_in(pid: u32, pc: u64, code: Code) -> bool {
                 return false;
             };
             let wanted = match code {
-                Code::Vdso => f.get(5) == Some(&"[vdso]"),
                 Code::Scratch => f.get(1) == Some(&"rwxp"),
+                // The program's own text (a futex waiter's `syscall`).
+                Code::Site => {
+                    f.get(1) == Some(&"r-xp") && f.get(5).is_some_and(|p| p.starts_with('/'))
+                }
             };
             wanted && (a..b).contains(&pc)
         })
@@ -307,16 +331,17 @@ fn interrupted_dump(pid: u32, image: &Path, log: &Path, at: KillAt) -> Interrupt
             }
             let since = Instant::now();
             while attached && running(&mut child) && since.elapsed() < Duration::from_secs(2) {
-                match main_syscall(pid) {
-                    // Still traced and at the driver's code: its injection, not the
-                    // program's own call (Go calls mmap, futex, sigaltstack too).
-                    Some((n, pc)) if n == nr && pc_in(pid, pc, code) => {
-                        hit = tracer(pid).is_some_and(|t| t != 0);
-                        if hit {
-                            break;
-                        }
+                let seen = match code {
+                    Code::Scratch => main_syscall(pid).into_iter().collect(),
+                    Code::Site => all_syscalls(pid),
+                };
+                // Still traced and at the driver's code: its injection, not the
+                // program's own call (Go calls mmap, futex, sigaltstack too).
+                if seen.iter().any(|&(n, pc)| n == nr && pc_in(pid, pc, code)) {
+                    hit = tracer(pid).is_some_and(|t| t != 0);
+                    if hit {
+                        break;
                     }
-                    _ => {}
                 }
             }
         }
@@ -452,12 +477,12 @@ fn kill_points(seed: u64) -> Vec<KillAt> {
     );
     for _ in 0..2 {
         v.extend([
-            KillAt::InSyscall(323, Code::Vdso, "userfaultfd for the pre-copy tracker"),
-            KillAt::InSyscall(3, Code::Vdso, "close of the tracker's fd in the program"),
-            KillAt::InSyscall(9, Code::Vdso, "mmap of the scratch page"),
+            KillAt::InSyscall(323, Code::Site, "userfaultfd for the pre-copy tracker"),
+            KillAt::InSyscall(3, Code::Site, "close of the tracker's fd in the program"),
+            KillAt::InSyscall(9, Code::Site, "mmap of the scratch page"),
             KillAt::InSyscall(131, Code::Scratch, "sigaltstack query, trampoline"),
             KillAt::InSyscall(13, Code::Scratch, "batched rt_sigaction queries"),
-            KillAt::InSyscall(11, Code::Vdso, "munmap of the scratch page"),
+            KillAt::InSyscall(11, Code::Site, "munmap of the scratch page"),
         ]);
     }
     v.extend(
@@ -514,6 +539,8 @@ fn killed_dump_leaves_the_program_serving() {
         .unwrap_or(0x5eed_cafe_u64);
     eprintln!("random kill delays from seed {seed} (CS_DUMP_KILL_SEED)");
     let points = kill_points(seed);
+    let rwx_at_start = rwx_mappings(pid);
+    let uffd_at_start = uffd_fds(pid);
     let mut problems = Vec::new();
     let mut leaked: Vec<String> = Vec::new();
     let (mut landed, mut directed_hits, mut directed) = (0, 0, 0);
@@ -608,6 +635,27 @@ fn killed_dump_leaves_the_program_serving() {
             problems.push(format!("after all kills, a complete dump fails: {e}"));
         } else if let Err(e) = check_serving(&store, nkeys - 1) {
             problems.push(format!("after the final complete dump: {e}"));
+        }
+        // A dump removes the scratch mappings earlier (killed) drivers left.
+        let stale: Vec<String> = rwx_mappings(pid)
+            .into_iter()
+            .filter(|m| !rwx_at_start.contains(m))
+            .collect();
+        if !stale.is_empty() {
+            problems.push(format!(
+                "after the final complete dump, scratch mappings of killed drivers are still \
+                 there: {stale:?}"
+            ));
+        }
+        // And the userfaultfds a killed tracker left (they would make the next
+        // image unrestorable: a uffd is a refused fd kind).
+        let uffds = uffd_fds(pid);
+        if uffds > uffd_at_start {
+            problems.push(format!(
+                "after the final complete dump, {} userfaultfd(s) of killed drivers are still \
+                 open in the program",
+                uffds - uffd_at_start
+            ));
         }
     }
     eprintln!(
