@@ -372,6 +372,16 @@ fn cases(good: &[u8], img: &ImageFrames) -> Vec<Case> {
             vec!["checksum"],
             Some(offs[first_run]),
         ),
+        // Two damaged runs, checked in parallel: the error names the first one.
+        case(
+            "page-bytes-flipped-in-two-runs",
+            Some(flip_byte(
+                &flip_byte(good, last_payload.end - 24 - 1),
+                img.payload_range(first_run).start + 7,
+            )),
+            vec!["checksum"],
+            Some(offs[first_run]),
+        ),
         case(
             "page-byte-flipped-last-run",
             Some(flip_byte(good, last_payload.end - 24 - 1)),
