@@ -300,3 +300,125 @@ mod tests {
         assert_ne!(out[0].categories & PAGE_IS_FILE, 0);
     }
 }
+
+/// Kernel facts about the `PAGE_IS_WRITTEN`-only query (`category_mask ==
+/// return_mask == PAGE_IS_WRITTEN`), which the kernel serves on a fast path that
+/// looks at the uffd-wp bit only. Not used by the capture yet; pinned here for the
+/// replication epochs (docs/next-steps.md).
+#[cfg(test)]
+mod written_only_query {
+    use super::*;
+
+    const WRITTEN_ONLY: Query = Query {
+        inverted: 0,
+        all: PAGE_IS_WRITTEN,
+        any: 0,
+        ret: PAGE_IS_WRITTEN,
+    };
+
+    fn tracker() -> Tracker {
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
+        // SAFETY: userfaultfd takes one integer and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(SYS_USERFAULTFD as libc::c_long, flags) };
+        assert!(
+            fd >= 0,
+            "userfaultfd(): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+        uffd::api(
+            owned.as_raw_fd(),
+            uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
+        )
+        .expect("UFFDIO_API");
+        Tracker {
+            uffd: owned,
+            pagemap: File::open("/proc/self/pagemap").expect("pagemap"),
+            protected: Vec::new(),
+        }
+    }
+
+    /// A fresh private anonymous mapping of `len` bytes, left mapped until the test
+    /// process exits.
+    fn map(len: usize) -> (u64, &'static mut [u8]) {
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: `p..p+len` is the mapping made above and is never unmapped.
+        (p as u64, unsafe {
+            std::slice::from_raw_parts_mut(p as *mut u8, len)
+        })
+    }
+
+    fn pages(out: &[PageRegion], base: u64) -> Vec<(u64, u64)> {
+        out.iter()
+            .map(|r| ((r.start - base) / 4096, (r.end - base) / 4096))
+            .collect()
+    }
+
+    #[test]
+    fn exact_in_tracked_memory_everything_in_untracked() {
+        let mut t = tracker();
+        let len = 64 * 4096;
+        let (base, mem) = map(len);
+        for i in 0..8 {
+            mem[i * 4096] = 1;
+        }
+        let (base2, mem2) = map(len);
+        mem2[5 * 4096] = 1;
+        assert!(t.protect(base, base + len as u64));
+        mem[2 * 4096] = 2; // written after the protect
+        mem[40 * 4096] = 3; // first touch after the protect
+        let mut out = Vec::new();
+        scan(&t.pagemap, base, base + len as u64, WRITTEN_ONLY, &mut out).expect("scan");
+        // Tracked: exactly the written pages (WP_UNPOPULATED marked the empty ones).
+        assert_eq!(pages(&out, base), vec![(2, 3), (40, 41)]);
+        let mut out = Vec::new();
+        scan(
+            &t.pagemap,
+            base2,
+            base2 + len as u64,
+            WRITTEN_ONLY,
+            &mut out,
+        )
+        .expect("scan");
+        // Untracked: every page, present or not (nothing carries a uffd-wp bit).
+        assert_eq!(pages(&out, base2), vec![(0, 64)]);
+    }
+
+    #[test]
+    fn cheaper_than_the_full_query() {
+        let mut t = tracker();
+        let big = 64usize << 20;
+        let (base, mem) = map(big);
+        for i in (0..big).step_by(4096) {
+            mem[i] = 1;
+        }
+        assert!(t.protect(base, base + big as u64));
+        for i in (0..big).step_by(4096 * 100) {
+            mem[i] = 2;
+        }
+        let time = |q: Query| {
+            let mut out = Vec::new();
+            let t0 = std::time::Instant::now();
+            scan(&t.pagemap, base, base + big as u64, q, &mut out).expect("scan");
+            (t0.elapsed(), out)
+        };
+        let (fast, written) = time(WRITTEN_ONLY);
+        let (full, _) = time(Query::stored(PAGE_IS_WRITTEN | PAGE_IS_WPALLOWED));
+        let n: u64 = written.iter().map(|r| (r.end - r.start) / 4096).sum();
+        assert_eq!(n, (big / (4096 * 100) + 1) as u64);
+        // Printed, not asserted (timing): 0.16-0.23 vs 1.9-2.1 ms here for 256 MiB.
+        eprintln!("64 MiB tracked: written-only query {fast:?}, full query {full:?}");
+    }
+}
