@@ -417,7 +417,14 @@ fn inject_queries(
     let len = 2 * PAGE + threads.len() as u64 * FRAME_SLOT;
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let scratch = site.syscall(SYS_MMAP, [0, len, prot, flags, u64::MAX, 0])?;
+    // At a fixed address when it is free, so that a scratch left by a driver killed
+    // even before it wrote the marker is still recognised by the next dump.
+    let fixed = flags | libc::MAP_FIXED_NOREPLACE as u64;
+    let mut scratch = site.syscall(SYS_MMAP, [SCRATCH_ADDR, len, prot, fixed, u64::MAX, 0])?;
+    if scratch < 0 {
+        // Taken (EEXIST): anywhere, as before.
+        scratch = site.syscall(SYS_MMAP, [0, len, prot, flags, u64::MAX, 0])?;
+    }
     if scratch < 0 {
         return Err(CaptureError::Inject {
             tid: site.tid,
@@ -523,15 +530,21 @@ fn inject_queries(
     result
 }
 
+/// Where the scratch mapping goes when that range is free: the middle of the 47-bit
+/// user address space, far from Go's heap hints (`0xc000000000`) and from the
+/// kernel's top-down mmap area.
+const SCRATCH_ADDR: u64 = 0x3c5c_0000_0000;
+
 /// Where and what the marker of a scratch mapping is (page 0, after the trampoline).
 const SCRATCH_MARK_AT: usize = 16;
 const SCRATCH_MARK: &[u8; 32] = b"CheckSync scratch, safe to unmap";
 
 /// Unmaps scratch mappings an earlier driver left in the program when it was killed
 /// between its `mmap` and `munmap` (the program itself resumed intact; see
-/// docs/restore.md). A candidate is a private anonymous rwx mapping whose first
-/// page carries the trampoline and [`SCRATCH_MARK`]; it is not in use, since no
-/// other driver can trace the program while this one does.
+/// docs/restore.md). A candidate is a private anonymous rwx mapping at
+/// [`SCRATCH_ADDR`], or whose first page carries the trampoline and
+/// [`SCRATCH_MARK`]; it is not in use, since no other driver can trace the program
+/// while this one does.
 fn remove_stale_scratch(site: &Site, smaps: &[MapEntry]) -> Result<(), CaptureError> {
     let pid = site.inj.pid;
     for m in smaps {
@@ -540,10 +553,10 @@ fn remove_stale_scratch(site: &Site, smaps: &[MapEntry]) -> Result<(), CaptureEr
         }
         let mut head = [0u8; SCRATCH_MARK_AT + 32];
         let n = head.len();
-        if sys::read_remote(pid, &mut head, &[(m.start, n)]).is_err()
-            || head[..2] != [0x0f, 0x05]
-            || &head[SCRATCH_MARK_AT..] != SCRATCH_MARK
-        {
+        let marked = sys::read_remote(pid, &mut head, &[(m.start, n)]).is_ok()
+            && head[..2] == [0x0f, 0x05]
+            && &head[SCRATCH_MARK_AT..] == SCRATCH_MARK;
+        if !marked && m.start != SCRATCH_ADDR {
             continue;
         }
         let rc = site.syscall(SYS_MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
@@ -944,17 +957,55 @@ fn capture_memory_tracked(
 ) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
     let mut regions = Vec::new();
     let q = track::Query::stored(track::PAGE_IS_WRITTEN | track::PAGE_IS_WPALLOWED);
+    let pagemap = &pre.tracker.pagemap;
+    let scan_err = |e| CaptureError::ProcIo {
+        path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
+        source: e,
+    };
+    let mut written = Vec::new();
     for (m, v) in maps.iter().zip(vmas) {
         if !stores_pages(v) {
             continue;
         }
         refuse_shared_anon(pid, m, v)?;
-        track::scan(&pre.tracker.pagemap, m.start, m.end, q, &mut regions).map_err(|e| {
-            CaptureError::ProcIo {
-                path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
-                source: e,
-            }
-        })?;
+        let anon = matches!(v.kind, VmaKind::Anonymous | VmaKind::Heap | VmaKind::Stack);
+        if anon && track::is_tracked(pagemap, m.start).map_err(scan_err)? {
+            // The written-only query is the kernel's fast path (the uffd-wp bit
+            // only, ~10x cheaper than computing every category): in a tracked
+            // mapping it lists exactly the pages written since the protect, plus
+            // any that lost their marker by being dropped (copying those reads
+            // their zeros). Everything else present was staged and is clean; a
+            // page that appeared by a read fault is the zero page and needs no
+            // storing.
+            written.clear();
+            track::scan(
+                pagemap,
+                m.start,
+                m.end,
+                track::Query::written_only(),
+                &mut written,
+            )
+            .map_err(scan_err)?;
+            let dirty: Vec<(u64, u64)> = written.iter().map(|r| (r.start, r.end)).collect();
+            let staged = clip_spans(&pre.staged, m.start, m.end);
+            let mut mine: Vec<track::PageRegion> = subtract(&staged, &dirty)
+                .into_iter()
+                .map(|(start, end)| track::PageRegion {
+                    start,
+                    end,
+                    categories: track::PAGE_IS_WPALLOWED,
+                })
+                .chain(dirty.iter().map(|&(start, end)| track::PageRegion {
+                    start,
+                    end,
+                    categories: track::PAGE_IS_WPALLOWED | track::PAGE_IS_WRITTEN,
+                }))
+                .collect();
+            mine.sort_unstable_by_key(|r| r.start);
+            regions.extend(mine);
+        } else {
+            track::scan(pagemap, m.start, m.end, q, &mut regions).map_err(scan_err)?;
+        }
     }
     let staged = &pre.staged;
     let staged_end = |i: usize| staged[i].start + staged[i].npages * PAGE;
@@ -1028,6 +1079,45 @@ fn jobs_of(spans: &[PageSpan]) -> Vec<Job> {
             local: s.offset,
         })
         .collect()
+}
+
+/// The parts of `spans` (sorted, disjoint) inside `[start, end)`, as address ranges.
+fn clip_spans(spans: &[PageSpan], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let first = spans.partition_point(|s| s.start + s.npages * PAGE <= start);
+    spans[first..]
+        .iter()
+        .take_while(|s| s.start < end)
+        .map(|s| (s.start.max(start), (s.start + s.npages * PAGE).min(end)))
+        .filter(|(a, b)| a < b)
+        .collect()
+}
+
+/// `a` minus `b`: both sorted lists of disjoint `[start, end)` ranges.
+fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut j = 0usize;
+    for &(mut s, e) in a {
+        while j < b.len() && b[j].1 <= s {
+            j += 1;
+        }
+        let mut k = j;
+        while s < e {
+            match b.get(k) {
+                Some(&(bs, be)) if bs < e => {
+                    if bs > s {
+                        out.push((s, bs));
+                    }
+                    s = s.max(be);
+                    k += 1;
+                }
+                _ => {
+                    out.push((s, e));
+                    s = e;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Copy `len` bytes at `remote` in the target to `local` in the staging buffer.
@@ -1188,4 +1278,37 @@ fn process_clocks(pid: i32) -> Result<(u64, u64), CaptureError> {
     let m = clock_ns(libc::CLOCK_MONOTONIC) as i128 + off[0];
     let b = clock_ns(libc::CLOCK_BOOTTIME) as i128 + off[1];
     Ok((m.max(0) as u64, b.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_subtraction() {
+        let a = [(0, 10), (20, 30), (40, 50)];
+        let b = [(5, 8), (9, 22), (25, 26), (45, 60)];
+        assert_eq!(
+            subtract(&a, &b),
+            vec![(0, 5), (8, 9), (22, 25), (26, 30), (40, 45)]
+        );
+        assert_eq!(subtract(&a, &[]), a.to_vec());
+        assert_eq!(subtract(&[], &b), vec![]);
+        assert_eq!(subtract(&[(0, 10)], &[(0, 10)]), vec![]);
+    }
+
+    #[test]
+    fn spans_are_clipped_to_a_mapping() {
+        let sp = |start: u64, npages: u64| PageSpan {
+            start,
+            npages,
+            offset: 0,
+        };
+        let spans = [sp(0x1000, 2), sp(0x5000, 4), sp(0xa000, 1)];
+        assert_eq!(
+            clip_spans(&spans, 0x2000, 0x7000),
+            vec![(0x2000, 0x3000), (0x5000, 0x7000)]
+        );
+        assert_eq!(clip_spans(&spans, 0xb000, 0xc000), vec![]);
+    }
 }

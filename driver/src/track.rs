@@ -39,7 +39,35 @@ const SYS_USERFAULTFD: u64 = 323;
 
 pub use crate::uffd::{PageRegion, ScanQuery as Query};
 
+/// Whether the mapping holding `addr` is registered for write-protect tracking
+/// (`PAGE_IS_WPALLOWED` is a property of the whole mapping).
+pub fn is_tracked(pagemap: &File, addr: u64) -> std::io::Result<bool> {
+    let mut out = Vec::new();
+    let q = Query {
+        inverted: 0,
+        all: 0,
+        any: 0,
+        ret: PAGE_IS_WPALLOWED,
+    };
+    scan(pagemap, addr, addr + 4096, q, &mut out)?;
+    Ok(out
+        .first()
+        .is_some_and(|r| r.categories & PAGE_IS_WPALLOWED != 0))
+}
+
 impl Query {
+    /// Pages written since the protect: `category_mask == return_mask ==
+    /// PAGE_IS_WRITTEN`, which the kernel serves on a fast path. Exact in tracked
+    /// mappings only (tests below): in an untracked one it lists every page.
+    pub fn written_only() -> Query {
+        Query {
+            inverted: 0,
+            all: PAGE_IS_WRITTEN,
+            any: 0,
+            ret: PAGE_IS_WRITTEN,
+        }
+    }
+
     /// The pages an image stores: present or swapped, and not an unmodified page
     /// of a file's page cache (a private file mapping's pages that were never
     /// written are the file's).
@@ -303,8 +331,7 @@ mod tests {
 
 /// Kernel facts about the `PAGE_IS_WRITTEN`-only query (`category_mask ==
 /// return_mask == PAGE_IS_WRITTEN`), which the kernel serves on a fast path that
-/// looks at the uffd-wp bit only. Not used by the capture yet; pinned here for the
-/// replication epochs (docs/next-steps.md).
+/// looks at the uffd-wp bit only; the freeze uses it for tracked anonymous mappings.
 #[cfg(test)]
 mod written_only_query {
     use super::*;
@@ -315,6 +342,24 @@ mod written_only_query {
         any: 0,
         ret: PAGE_IS_WRITTEN,
     };
+
+    #[test]
+    fn tracked_mappings_are_recognised_even_on_an_empty_page() {
+        let mut t = tracker();
+        let len = 16 * 4096;
+        let (a, _) = map(len);
+        let (b, _) = map(len);
+        assert!(t.protect(a, a + len as u64));
+        assert!(
+            is_tracked(&t.pagemap, a).expect("scan"),
+            "tracked, nothing present"
+        );
+        assert!(
+            !is_tracked(&t.pagemap, b).expect("scan"),
+            "never registered"
+        );
+        assert_eq!(Query::written_only().all, WRITTEN_ONLY.all);
+    }
 
     fn tracker() -> Tracker {
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
