@@ -190,7 +190,7 @@ mod tests {
     use super::*;
 
     /// A tracker on this test process's own mm (no injection needed).
-    fn own_tracker() -> Tracker {
+    pub(super) fn own_tracker() -> Tracker {
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
         // SAFETY: userfaultfd takes one integer and returns a new fd or -1.
         let fd = unsafe { libc::syscall(SYS_USERFAULTFD as libc::c_long, flags) };
@@ -362,26 +362,7 @@ mod written_only_query {
     }
 
     fn tracker() -> Tracker {
-        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
-        // SAFETY: userfaultfd takes one integer and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(SYS_USERFAULTFD as libc::c_long, flags) };
-        assert!(
-            fd >= 0,
-            "userfaultfd(): {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: the kernel just returned this fd; nothing else owns it.
-        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
-        uffd::api(
-            owned.as_raw_fd(),
-            uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
-        )
-        .expect("UFFDIO_API");
-        Tracker {
-            uffd: owned,
-            pagemap: File::open("/proc/self/pagemap").expect("pagemap"),
-            protected: Vec::new(),
-        }
+        super::tests::own_tracker()
     }
 
     /// A fresh private anonymous mapping of `len` bytes, left mapped until the test
