@@ -218,7 +218,12 @@ impl Shared {
                             return Ok(Copy::Exists)
                         }
                         Some(libc::ESRCH) => return Ok(Copy::Gone),
-                        _ => return Err(e),
+                        _ => {
+                            return Err(std::io::Error::new(
+                                e.kind(),
+                                format!("UFFDIO_COPY of {:#x}..{:#x}: {e}", dst + done, dst + len),
+                            ))
+                        }
                     }
                 }
             }
@@ -271,7 +276,10 @@ impl Shared {
                 self.wake(page);
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("UFFDIO_ZEROPAGE of {page:#x}: {e}"),
+            )),
         }
     }
 
@@ -301,7 +309,10 @@ impl Shared {
                 if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                return Err(e);
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("reading fault messages from the userfaultfd: {e}"),
+                ));
             }
             for m in msgs[..n as usize].chunks_exact(uffd::UFFD_MSG_LEN) {
                 if m[0] != uffd::UFFD_EVENT_PAGEFAULT {
