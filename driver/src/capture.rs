@@ -519,14 +519,7 @@ fn inject_queries(
         }
         Ok(acts)
     })();
-    let rc = site.syscall(SYS_MUNMAP, [scratch, len, 0, 0, 0, 0])?;
-    if rc < 0 {
-        return Err(CaptureError::Inject {
-            tid: site.tid,
-            nr: SYS_MUNMAP,
-            detail: format!("munmap scratch: errno {}", -rc),
-        });
-    }
+    site.call(SYS_MUNMAP, [scratch, len, 0, 0, 0, 0], "munmap scratch")?;
     result
 }
 
@@ -559,17 +552,14 @@ fn remove_stale_scratch(site: &Site, smaps: &[MapEntry]) -> Result<(), CaptureEr
         if !marked && m.start != SCRATCH_ADDR {
             continue;
         }
-        let rc = site.syscall(SYS_MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
-        if rc < 0 {
-            return Err(CaptureError::Inject {
-                tid: site.tid,
-                nr: SYS_MUNMAP,
-                detail: format!(
-                    "munmap of a scratch mapping left by a killed driver at {:#x}: errno {}",
-                    m.start, -rc
-                ),
-            });
-        }
+        site.call(
+            SYS_MUNMAP,
+            [m.start, m.end - m.start, 0, 0, 0, 0],
+            &format!(
+                "munmap of a scratch mapping left by a killed driver at {:#x}",
+                m.start
+            ),
+        )?;
     }
     Ok(())
 }
@@ -603,17 +593,11 @@ fn remove_stale_tracker_fds(site: &Site) -> Result<(), CaptureError> {
         if features.is_none_or(|f| f & (1 << 31) != 0) {
             continue;
         }
-        let rc = site.syscall(SYS_CLOSE, [fd, 0, 0, 0, 0, 0])?;
-        if rc < 0 {
-            return Err(CaptureError::Inject {
-                tid: site.tid,
-                nr: SYS_CLOSE,
-                detail: format!(
-                    "close of a userfaultfd left by a killed driver (fd {fd}): errno {}",
-                    -rc
-                ),
-            });
-        }
+        site.call(
+            SYS_CLOSE,
+            [fd, 0, 0, 0, 0, 0],
+            &format!("close of a userfaultfd left by a killed driver (fd {fd})"),
+        )?;
     }
     Ok(())
 }

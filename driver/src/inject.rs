@@ -117,6 +117,20 @@ impl Site {
     pub fn syscall(&self, nr: u64, args: [u64; 6]) -> Result<i64, CaptureError> {
         self.inj.syscall(self.tid, &self.regs, nr, args)
     }
+
+    /// [`Site::syscall`], with a negative result turned into an error naming the
+    /// thread, the syscall and `what` it was for.
+    pub fn call(&self, nr: u64, args: [u64; 6], what: &str) -> Result<u64, CaptureError> {
+        let rc = self.syscall(nr, args)?;
+        if rc < 0 {
+            return Err(CaptureError::Inject {
+                tid: self.tid,
+                nr,
+                detail: format!("{what}: errno {}", -rc),
+            });
+        }
+        Ok(rc as u64)
+    }
 }
 
 static DEFERRED: std::sync::Mutex<Vec<(i32, i32)>> = std::sync::Mutex::new(Vec::new());

@@ -189,6 +189,27 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    /// A fresh private anonymous mapping of `len` bytes, left mapped until the test
+    /// process exits.
+    pub(super) fn map(len: usize) -> (u64, &'static mut [u8]) {
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: `p..p+len` is the mapping made above and is never unmapped.
+        (p as u64, unsafe {
+            std::slice::from_raw_parts_mut(p as *mut u8, len)
+        })
+    }
+
     /// A tracker on this test process's own mm (no injection needed).
     pub(super) fn own_tracker() -> Tracker {
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
@@ -236,21 +257,7 @@ mod tests {
     fn write_protect_tracking_reports_what_changed() {
         let pages = 8usize;
         let len = pages * 4096;
-        // SAFETY: a fresh private anonymous mapping owned by this test.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        let base = p as u64;
-        // SAFETY: `p..p+len` is the mapping made above, alive until the munmap below.
-        let mem = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
+        let (base, mem) = map(len);
         for i in 0..6 {
             mem[i * 4096] = 1 + i as u8; // pages 0..6 present, 6 and 7 never touched
         }
@@ -293,8 +300,6 @@ mod tests {
         // Page 6 (read-faulted after the protect) may look unwritten: the capture
         // copies any present page it did not stage, so it is still right.
         drop(t);
-        // SAFETY: unmapping the mapping made above; `mem` is not used after this.
-        unsafe { libc::munmap(p, len) };
     }
 
     #[test]
@@ -365,26 +370,7 @@ mod written_only_query {
         super::tests::own_tracker()
     }
 
-    /// A fresh private anonymous mapping of `len` bytes, left mapped until the test
-    /// process exits.
-    fn map(len: usize) -> (u64, &'static mut [u8]) {
-        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: `p..p+len` is the mapping made above and is never unmapped.
-        (p as u64, unsafe {
-            std::slice::from_raw_parts_mut(p as *mut u8, len)
-        })
-    }
+    use super::tests::map;
 
     fn pages(out: &[PageRegion], base: u64) -> Vec<(u64, u64)> {
         out.iter()
