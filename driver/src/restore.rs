@@ -56,6 +56,8 @@ pub struct RestorePlan {
     pub auxv: Vec<u8>,
     /// Raw page runs: (address, byte offset of the data in the image, length).
     pub runs: Vec<(u64, u64, usize)>,
+    /// Restored in a job-control stop (it was SIGSTOPped at the dump).
+    pub stopped: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -1342,6 +1344,12 @@ fn finish_threads(
         if let Err(e) = set_exe(host_pid, main, &regs, plan, fd) {
             eprintln!("cs-driver: warning: /proc/{host_pid}/exe still names the restore stub: {e}");
         }
+    }
+    if plan.stopped {
+        // Queued while every thread is still traced: each one takes the stop on
+        // its way back to user mode, before it runs an instruction.
+        // SAFETY: kill(2) with integers.
+        unsafe { libc::kill(host_pid, libc::SIGSTOP) };
     }
     release(&seized);
     Ok(())

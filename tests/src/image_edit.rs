@@ -315,6 +315,7 @@ mod tests {
                 size: 0,
             },
             restart: cf::Restart::None,
+            stopped: false,
         };
         let page = vec![0x5au8; cf::PAGE_SIZE];
         let records = [
