@@ -157,9 +157,10 @@ pub fn write_image_with(
 /// dropped `ImageOut` removes its temporary file. A driver killed before the commit
 /// leaves only the temporary file, which the next dump to the same path removes.
 ///
-/// Test switch: `CS_FAULT_WRITE_AT=N` makes the write fail with an injected I/O
+/// Test switches: `CS_FAULT_WRITE_AT=N` makes the write fail with an injected I/O
 /// error once N bytes are written, so the failure paths are tested without
-/// filling a disk.
+/// filling a disk; `CS_TEST_WRITE_DELAY_MS=M` sleeps M ms before each write to
+/// the file (8 MiB at a time), so that tests can act while an image is written.
 #[derive(Debug)]
 pub struct ImageOut {
     target: std::path::PathBuf,
@@ -255,6 +256,10 @@ impl ImageOut {
             fail_at: std::env::var("CS_FAULT_WRITE_AT")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            delay: std::env::var("CS_TEST_WRITE_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
         };
         let mut w = BufWriter::with_capacity(8 << 20, guarded);
         let stats = encode_with(c, &mut w, progress).map_err(|e| match e {
@@ -317,8 +322,9 @@ impl Drop for ImageOut {
     }
 }
 
+/// Not `ErrorKind::Interrupted`: `write_all` would retry that forever.
 fn cancelled(e: crate::cancel::Cancelled) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::Interrupted, e.to_string())
+    std::io::Error::other(e.to_string())
 }
 
 /// Removes `PREFIX<pid>` files in `dir` whose driver is gone.
@@ -349,10 +355,14 @@ struct Guarded {
     file: File,
     written: u64,
     fail_at: Option<u64>,
+    delay: Option<std::time::Duration>,
 }
 
 impl Write for Guarded {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
         crate::cancel::check("while the image was written").map_err(cancelled)?;
         let mut n = buf.len();
         if let Some(at) = self.fail_at {

@@ -229,6 +229,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eager,
         } => {
             let started = std::time::Instant::now();
+            restore::check_privileges()?;
             let file = image::open_image(&path)?;
             let summary = image::read_image(&file, &path.display().to_string())?;
             let checked = started.elapsed();

@@ -111,6 +111,8 @@ pub enum RestoreError {
     StubFailed { phase: Phase, errno: i64, addr: u64 },
     #[error("the restore stub sent no usable report ({0})")]
     NoReport(String),
+    #[error("{0}")]
+    Privilege(String),
     #[error("finishing the threads: {0}")]
     Finish(#[from] CaptureError),
 }
@@ -152,6 +154,35 @@ impl Restored {
             }
         }
     }
+}
+
+/// Checks, before anything else, that this driver may restore at all: new pid and
+/// time namespaces, `clone3` with `set_tid` and `PR_SET_MM_MAP` need CAP_SYS_ADMIN
+/// (this kernel accepts it for the last two in place of CAP_CHECKPOINT_RESTORE /
+/// CAP_SYS_RESOURCE; the sandbox these tests run in has no CAP_SYS_RESOURCE).
+/// Without it the restore would only fail halfway (EPERM from `unshare`).
+pub fn check_privileges() -> Result<(), RestoreError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u32 = 21;
+    let missing: Vec<&str> = [(CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
+        .into_iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    Err(RestoreError::Privilege(format!(
+        "restore must run as root: it creates pid and time namespaces, gives threads their old ids and sets the program's memory layout (CAP_SYS_ADMIN); this driver runs as uid {uid} without {}",
+        missing.join(", ")
+    )))
 }
 
 /// Checks that the image can be restored on this machine, without side effects.
