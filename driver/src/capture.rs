@@ -342,6 +342,8 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
     // The staging buffer is faulted in now, before the freeze: the resident size
     // of the mappings whose pages are stored, plus room for growth.
     let smaps_before = procfs::read_maps(pid)?;
+    // What restore would refuse is refused now, before the program is touched.
+    crate::refuse::before_freeze(pid, pidfd.as_raw_fd(), &smaps_before)?;
     let rss_bytes: u64 = smaps_before
         .iter()
         .filter(|m| m.read && !m.shared && !m.has_flag("dp") && !m.name.starts_with("[v"))
@@ -466,6 +468,9 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
         precopy_note,
         stopped,
     };
+    // The program may have opened something since the first check: the capture
+    // itself is checked too (a refusal here resumes it, unchanged).
+    crate::refuse::captured(&c)?;
     Ok((c, held))
 }
 
@@ -682,6 +687,23 @@ fn remove_stale_scratch(site: &Site, smaps: &[MapEntry]) -> Result<(), CaptureEr
 /// the close), which fdinfo shows: bit 31 of the `API:` features (the kernel's
 /// "initialized" flag) is clear. An uninitialized uffd is unusable, and a program
 /// holding any uffd could not be restored anyway (the fd kind is refused).
+/// Whether fd `fd` of `pid` is a userfaultfd that never had its `UFFDIO_API`
+/// handshake: a tracker left by a killed driver.
+pub fn is_stale_tracker(pid: i32, fd: i32) -> bool {
+    let is_uffd = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .is_ok_and(|l| l.as_os_str().as_bytes() == b"anon_inode:[userfaultfd]");
+    if !is_uffd {
+        return false;
+    }
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let features = info
+        .lines()
+        .find_map(|l| l.strip_prefix("API:"))
+        .and_then(|v| v.trim().split(':').nth(1))
+        .and_then(|f| u64::from_str_radix(f, 16).ok());
+    features.is_some_and(|f| f & (1 << 31) == 0)
+}
+
 fn remove_stale_tracker_fds(site: &Site) -> Result<(), CaptureError> {
     let pid = site.inj.pid;
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -691,18 +713,7 @@ fn remove_stale_tracker_fds(site: &Site) -> Result<(), CaptureError> {
         let Ok(fd) = e.file_name().to_string_lossy().parse::<u64>() else {
             continue;
         };
-        let is_uffd = fs::read_link(e.path())
-            .is_ok_and(|l| l.as_os_str().as_bytes() == b"anon_inode:[userfaultfd]");
-        if !is_uffd {
-            continue;
-        }
-        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        let features = info
-            .lines()
-            .find_map(|l| l.strip_prefix("API:"))
-            .and_then(|v| v.trim().split(':').nth(1))
-            .and_then(|f| u64::from_str_radix(f, 16).ok());
-        if features.is_none_or(|f| f & (1 << 31) != 0) {
+        if !is_stale_tracker(pid, fd as i32) {
             continue;
         }
         site.call(

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod lazy;
 pub mod lock;
 pub mod procfs;
+pub mod refuse;
 pub mod restore;
 pub mod run;
 pub mod staging;
