@@ -241,6 +241,14 @@ impl ImageOut {
         c: &Capture,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WriteStats, ImageError> {
+        self.write_with(|w| encode_with(c, w, progress))
+    }
+
+    /// Writes the frames `f` produces into the temporary file, then fsyncs it.
+    pub fn write_with(
+        &mut self,
+        f: impl FnOnce(&mut dyn Write) -> Result<WriteStats, ImageError>,
+    ) -> Result<WriteStats, ImageError> {
         let tmp = self.tmp.display().to_string();
         let io = |e: std::io::Error| ImageError::Io {
             path: tmp.clone(),
@@ -262,7 +270,7 @@ impl ImageOut {
                 .map(std::time::Duration::from_millis),
         };
         let mut w = BufWriter::with_capacity(8 << 20, guarded);
-        let stats = encode_with(c, &mut w, progress).map_err(|e| match e {
+        let stats = f(&mut w).map_err(|e| match e {
             ImageError::Io { source, .. } => io(source),
             other => other,
         })?;
@@ -436,7 +444,7 @@ pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError
     encode_with(c, w, &mut |_, _| {})
 }
 
-fn encode_with<W: Write>(
+fn encode_with<W: Write + ?Sized>(
     c: &Capture,
     w: &mut W,
     progress: &mut dyn FnMut(u64, u64),
@@ -696,6 +704,90 @@ fn encode_with<W: Write>(
     Ok(stats)
 }
 
+/// Writes a full epoch made of `newest`'s frames (an epoch file's bytes, already
+/// verified) with its page runs replaced by `addrs` from `pages`: the fold of a
+/// chain ([`crate::chain`]). Every non-page frame is copied as it is; the
+/// EpochBegin says Full; the commit is computed anew.
+pub fn write_folded(
+    out: &mut ImageOut,
+    newest: &[u8],
+    addrs: &[u64],
+    pages: &dyn cf::PageSource,
+    epoch: u64,
+) -> Result<WriteStats, ImageError> {
+    out.write_with(|w| {
+        let bad = |offset: usize, source| ImageError::Frame {
+            path: "newest epoch".into(),
+            offset: offset as u64,
+            source,
+        };
+        let mut stats = WriteStats::default();
+        let mut digest = cf::EpochDigest::new();
+        let io = |e| ImageError::Io {
+            path: "folded image".into(),
+            source: e,
+        };
+        let mut off = 0usize;
+        while off < newest.len() {
+            let view = cf::FrameHeaderView::new_checked(&newest[off..]).map_err(|e| bad(off, e))?;
+            let header = cf::FrameHeader::parse(&view).map_err(|e| bad(off, e))?;
+            let len = header.frame_len();
+            let frame = newest.get(off..off + len).ok_or(bad(
+                off,
+                cf::Error::Truncated {
+                    needed: len as u64,
+                    available: (newest.len() - off) as u64,
+                },
+            ))?;
+            match header.kind {
+                cf::FrameKind::EpochBegin => {
+                    let b =
+                        cf::EpochBegin::parse(&frame[cf::HEADER_LEN..]).map_err(|e| bad(off, e))?;
+                    let rec = cf::Record::EpochBegin(cf::EpochBegin {
+                        kind: cf::EpochKind::Full,
+                        ..b
+                    });
+                    let mut buf = vec![0u8; rec.buffer_len()];
+                    let n = rec.emit_frame(&mut buf).map_err(ImageError::Encode)?;
+                    let mut h = [0u8; cf::HEADER_LEN];
+                    h.copy_from_slice(&buf[..cf::HEADER_LEN]);
+                    digest.update(&h);
+                    w.write_all(&buf[..n]).map_err(io)?;
+                    stats.bytes += n as u64;
+                }
+                cf::FrameKind::PageRun => {}
+                cf::FrameKind::EpochCommit => break,
+                _ => {
+                    let mut h = [0u8; cf::HEADER_LEN];
+                    h.copy_from_slice(&frame[..cf::HEADER_LEN]);
+                    digest.update(&h);
+                    w.write_all(frame).map_err(io)?;
+                    stats.bytes += len as u64;
+                }
+            }
+            off += len;
+        }
+        let mut enc = cf::PageRunEncoder::new(addrs).map_err(ImageError::Encode)?;
+        let mut buf = vec![0u8; 8 << 20];
+        while !enc.is_done() {
+            let p = enc
+                .encode_into_digest(pages, &mut buf, &mut digest)
+                .map_err(ImageError::Encode)?;
+            w.write_all(&buf[..p.bytes_written]).map_err(io)?;
+            stats.bytes += p.bytes_written as u64;
+            stats.page_frames += p.frames;
+            stats.pages += u64::from(p.pages);
+            stats.zero_pages += u64::from(p.zero_pages);
+        }
+        let commit = cf::Record::EpochCommit(digest.commit(epoch));
+        let mut cbuf = vec![0u8; commit.buffer_len()];
+        let n = commit.emit_frame(&mut cbuf).map_err(ImageError::Encode)?;
+        w.write_all(&cbuf[..n]).map_err(io)?;
+        stats.bytes += n as u64;
+        Ok(stats)
+    })
+}
+
 /// Staged pages found through a per-page offset table.
 struct SpannedPages<'a> {
     data: &'a [u8],
@@ -796,10 +888,30 @@ pub struct ImageSummary {
     pub pages_zero: u64,
     pub bytes: u64,
     pub epoch: u64,
+    /// A full epoch (restorable on its own), or a delta of a chain.
+    pub full: bool,
+    /// Zero runs (address, bytes): in a delta, pages the program released.
+    pub zero_runs: Vec<(u64, usize)>,
 }
 
-/// Reads and fully verifies an image file.
+/// Reads and fully verifies an image file: one full epoch. A delta epoch is
+/// refused (it restores only as part of its folder's chain).
 pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
+    let s = read_image_any(file, path)?;
+    if !s.full {
+        return Err(ImageError::Content {
+            path: path.into(),
+            detail: format!(
+                "is delta epoch {}: it restores only with the rest of its chain (restore the folder that holds it)",
+                s.epoch
+            ),
+        });
+    }
+    Ok(s)
+}
+
+/// Reads and fully verifies one epoch file, full or delta.
+pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
     let map = Mapped::new(file, path)?;
     let bytes = map.bytes();
     let frame_err = |offset: usize, source: cf::Error| ImageError::Frame {
@@ -839,6 +951,8 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
         pages_zero: 0,
         bytes: bytes.len() as u64,
         epoch: 0,
+        full: true,
+        zero_runs: Vec::new(),
     };
     let mut off = 0usize;
     let mut committed = false;
@@ -950,7 +1064,10 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
             cf::Record::PageRun(r) => {
                 s.page_frames += 1;
                 match r.encoding {
-                    cf::PageEncoding::Zero => s.pages_zero += u64::from(r.npages),
+                    cf::PageEncoding::Zero => {
+                        s.pages_zero += u64::from(r.npages);
+                        s.zero_runs.push((r.start, r.len_bytes()));
+                    }
                     cf::PageEncoding::Raw => {
                         s.pages_stored += u64::from(r.npages);
                         // Raw data sits at the start of the payload (trailer layout).
@@ -965,7 +1082,10 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
                     }
                 }
             }
-            cf::Record::EpochBegin(b) => s.epoch = b.epoch,
+            cf::Record::EpochBegin(b) => {
+                s.epoch = b.epoch;
+                s.full = b.kind == cf::EpochKind::Full;
+            }
             cf::Record::EpochCommit(_) => committed = true,
             _ => {}
         }

@@ -8,6 +8,7 @@
 
 pub mod cancel;
 pub mod capture;
+pub mod chain;
 pub mod error;
 pub mod fds;
 pub mod freeze;

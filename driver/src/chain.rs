@@ -1,0 +1,209 @@
+//! A folder of epochs (`cs-driver checkpoint -o DIR`) and folding a chain of them
+//! into one full image.
+//!
+//! Names: `DIR/<epoch, 8 digits>.full` or `.delta`, each written through
+//! [`crate::image::ImageOut`] (temporary file, fsync, rename, directory fsync), so a
+//! name exists only for a complete epoch; a checkpointer killed mid-write leaves a
+//! temporary file that is ignored (and removed by the next writer of that name).
+//!
+//! The chain for epoch N is the newest full epoch at or before N and every delta
+//! after it up to N, with no gap. Folding it: the newest epoch's own frames for
+//! everything but pages (threads, mappings, fds, signals, credentials: a delta
+//! carries them in full), and for pages, each page's newest version in the chain
+//! (a zero run in a delta erases older data: the program released the page),
+//! restricted to the newest epoch's stored mappings. The result is written as a
+//! full epoch that `restore` (and `--keep`'s new base) uses like any image.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use core_format as cf;
+
+use crate::image::{self, ImageError, ImageOut, Mapped};
+
+/// One committed epoch file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochFile {
+    pub epoch: u64,
+    pub full: bool,
+    pub path: PathBuf,
+}
+
+/// The file name of epoch `n`.
+pub fn name(n: u64, full: bool) -> String {
+    format!("{n:08}.{}", if full { "full" } else { "delta" })
+}
+
+/// The committed epochs in `dir`, in epoch order. Temporary files are skipped.
+pub fn list(dir: &Path) -> Result<Vec<EpochFile>, ImageError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ImageError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((num, ext)) = name.split_once('.') else {
+            continue;
+        };
+        if num.len() != 8 || !num.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let full = match ext {
+            "full" => true,
+            "delta" => false,
+            _ => continue,
+        };
+        let Ok(epoch) = num.parse() else { continue };
+        out.push(EpochFile {
+            epoch,
+            full,
+            path: e.path(),
+        });
+    }
+    out.sort_by_key(|f| (f.epoch, !f.full));
+    out.dedup_by_key(|f| f.epoch);
+    Ok(out)
+}
+
+/// The chain that restores epoch `target` (the newest when `None`): the newest full
+/// epoch at or before it, then every delta up to it.
+pub fn chain_for(
+    all: &[EpochFile],
+    target: Option<u64>,
+    dir: &Path,
+) -> Result<Vec<EpochFile>, ImageError> {
+    let err = |detail: String| ImageError::Content {
+        path: dir.display().to_string(),
+        detail,
+    };
+    let target = match target {
+        Some(t) => t,
+        None => all
+            .last()
+            .map(|f| f.epoch)
+            .ok_or_else(|| err("holds no committed epoch".into()))?,
+    };
+    let upto: Vec<&EpochFile> = all.iter().filter(|f| f.epoch <= target).collect();
+    if upto.last().map(|f| f.epoch) != Some(target) {
+        return Err(err(format!("has no epoch {target}")));
+    }
+    let base = upto
+        .iter()
+        .rposition(|f| f.full)
+        .ok_or_else(|| err(format!("has no full epoch at or before epoch {target}")))?;
+    let chain: Vec<EpochFile> = upto[base..].iter().map(|f| (*f).clone()).collect();
+    for w in chain.windows(2) {
+        if w[1].epoch != w[0].epoch + 1 {
+            return Err(err(format!(
+                "misses epoch {} (between {} and {}): the chain to epoch {target} is broken",
+                w[0].epoch + 1,
+                w[0].epoch,
+                w[1].epoch
+            )));
+        }
+    }
+    Ok(chain)
+}
+
+/// Where a page's newest bytes are.
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    /// Released: reads as zero.
+    Zero,
+    /// In chain file `file` at byte `offset`.
+    Raw { file: usize, offset: usize },
+}
+
+/// Folds `chain` (verified epoch by epoch) into a full image written to `out`.
+/// Returns the epoch number of the result.
+pub fn fold(chain: &[EpochFile], out: &mut ImageOut) -> Result<u64, ImageError> {
+    let mut maps = Vec::with_capacity(chain.len());
+    let mut pages: std::collections::BTreeMap<u64, Src> = Default::default();
+    let mut newest = None;
+    for (i, f) in chain.iter().enumerate() {
+        let path = f.path.display().to_string();
+        let file = File::open(&f.path).map_err(|e| ImageError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let s = image::read_image_any(&file, &path)?;
+        if s.epoch != f.epoch || s.full != f.full {
+            return Err(ImageError::Content {
+                path,
+                detail: format!(
+                    "holds epoch {} ({}), its name says {} ({})",
+                    s.epoch,
+                    if s.full { "full" } else { "delta" },
+                    f.epoch,
+                    if f.full { "full" } else { "delta" }
+                ),
+            });
+        }
+        for &(addr, off, len) in &s.plan.runs {
+            for k in 0..(len / 4096) {
+                pages.insert(
+                    addr + (k * 4096) as u64,
+                    Src::Raw {
+                        file: i,
+                        offset: off as usize + k * 4096,
+                    },
+                );
+            }
+        }
+        for &(addr, len) in &s.zero_runs {
+            for k in 0..(len / 4096) {
+                pages.insert(addr + (k * 4096) as u64, Src::Zero);
+            }
+        }
+        maps.push(Mapped::new(&file, &path)?);
+        newest = Some(s);
+    }
+    let newest = newest.ok_or_else(|| ImageError::Content {
+        path: "chain".into(),
+        detail: "is empty".into(),
+    })?;
+    let last = maps.len() - 1;
+    // Pages inside the newest epoch's stored mappings, in address order.
+    let stored: Vec<(u64, u64)> = newest
+        .plan
+        .vmas
+        .iter()
+        .filter(|v| crate::capture::stores_pages(v) && !v.reservation)
+        .map(|v| (v.start, v.end))
+        .collect();
+    let inside = |a: u64| {
+        let i = stored.partition_point(|&(_, e)| e <= a);
+        stored.get(i).is_some_and(|&(s, _)| s <= a)
+    };
+    let mut addrs = Vec::new();
+    let mut srcs = Vec::new();
+    for (&a, &src) in &pages {
+        if let Src::Raw { file, offset } = src {
+            if inside(a) {
+                addrs.push(a);
+                srcs.push((file, offset));
+            }
+        }
+    }
+    let bytes: Vec<&[u8]> = maps.iter().map(|m| m.bytes()).collect();
+    let source = ChainPages {
+        bytes: &bytes,
+        srcs: &srcs,
+    };
+    image::write_folded(out, bytes[last], &addrs, &source, newest.epoch)?;
+    Ok(newest.epoch)
+}
+
+struct ChainPages<'a> {
+    bytes: &'a [&'a [u8]],
+    srcs: &'a [(usize, usize)],
+}
+
+impl cf::PageSource for ChainPages<'_> {
+    fn page(&self, index: usize, _addr: u64) -> &[u8] {
+        let (f, off) = self.srcs[index];
+        &self.bytes[f][off..off + 4096]
+    }
+}
