@@ -40,6 +40,8 @@ pub struct ThreadCapture {
     pub xsave: Vec<u8>,
     pub sigmask: u64,
     pub altstack: (u64, u32, u64),
+    /// Ids, groups, capabilities, securebits, no_new_privs, seccomp (and dumpable).
+    pub creds: crate::creds::ThreadCreds,
 }
 
 /// What a mapping is backed by.
@@ -169,6 +171,8 @@ pub struct Capture {
     pub times: CaptureTimes,
     /// Why the pre-copy was not used, when it was asked for and could not be.
     pub precopy_note: Option<String>,
+    /// Identity of every mapped file (read before the freeze, see [`crate::identity`]).
+    pub mapped_files: Vec<crate::identity::FileIdentity>,
 }
 
 impl Capture {
@@ -228,6 +232,7 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
     // The staging buffer is faulted in now, before the freeze: the resident size
     // of the mappings whose pages are stored, plus room for growth.
     let smaps_before = procfs::read_maps(pid)?;
+    let mapped_files = crate::identity::read_mapped(pid, &smaps_before)?;
     let rss_bytes: u64 = smaps_before
         .iter()
         .filter(|m| m.read && !m.shared && !m.has_flag("dp") && !m.name.starts_with("[v"))
@@ -337,6 +342,7 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
     // Closing the tracker's uffd (its last reference) ends the write tracking.
     drop(pre);
 
+    let mapped_files = crate::identity::complete(mapped_files, &vmas);
     Ok(Capture {
         host_pid: pid,
         pid: ns_pid,
@@ -360,6 +366,7 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
         kernel_release,
         times,
         precopy_note,
+        mapped_files,
     })
 }
 
@@ -390,6 +397,7 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
         xsave,
         sigmask,
         altstack: (0, 0, 0),
+        creds: crate::creds::ThreadCreds::from_status(&st),
     })
 }
 
@@ -500,6 +508,10 @@ fn inject_queries(
             sys::read_remote(pid, &mut buf, &[(uc_stack, 24)]).map_err(mem_err(uc_stack, 24))?;
             let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
             th.altstack = (w(0), w(8) as u32, w(16));
+            let (sb, dumpable) =
+                crate::creds::query_thread(&safe, th.host_tid, &regs, rsp, i == 0)?;
+            th.creds.securebits = sb;
+            th.creds.dumpable = dumpable.unwrap_or(1);
             frames.push(rsp);
         }
         let mut acts = vec![SigAction::default(); 64];

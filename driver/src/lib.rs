@@ -7,9 +7,11 @@
 //! restorer rebuilds the process with the static stub.
 
 pub mod capture;
+pub mod creds;
 pub mod error;
 pub mod fds;
 pub mod freeze;
+pub mod identity;
 pub mod image;
 pub mod inject;
 pub mod inspect;
