@@ -10,7 +10,7 @@
 //! securebits back itself and fails if they differ).
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -145,7 +145,8 @@ fn start_as_user(exe: &Path, setup: Setup) -> Service {
     }
 }
 
-fn round_trip(setup: Setup) {
+/// A dumped kvstore of `setup`: (dir, its executable, image, address, credential lines).
+fn dumped(setup: Setup) -> (tempfile::TempDir, PathBuf, PathBuf, String, Vec<String>) {
     let dir = temp_dir("creds");
     // Reachable and executable by uid 1001.
     std::fs::set_permissions(
@@ -169,6 +170,11 @@ fn round_trip(setup: Setup) {
     let image = dir.path().join("kv.img");
     driver::dump(pid, &image, false);
     drop(store);
+    (dir, exe, image, addr, before)
+}
+
+fn round_trip(setup: Setup) {
+    let (dir, _exe, image, addr, before) = dumped(setup);
     let restored = driver::restore_detached(&image, dir.path()).expect("restore");
     let after = creds_of(restored.pid);
     assert_eq!(after, before, "credentials differ after the restore");
@@ -187,4 +193,81 @@ fn a_uid_1001_program_comes_back_with_its_credentials() {
 #[test]
 fn ambient_capabilities_bounding_set_securebits_and_no_new_privs_come_back() {
     round_trip(Setup::Privileged);
+}
+
+/// Runs `cs-driver restore IMAGE --detach` with `limit` applied to the driver first;
+/// it must fail saying `why`, and nothing may have been started.
+fn assert_refused(setup: Setup, limit: fn() -> std::io::Result<()>, why: &str) {
+    let (dir, exe, image, addr, _) = dumped(setup);
+    let log = dir.path().join("restored.log");
+    let mut cmd = Command::new(driver::driver());
+    cmd.arg("restore")
+        .arg(&image)
+        .arg("--detach")
+        .arg("--stdout")
+        .arg(&log)
+        .arg("--stderr")
+        .arg(&log);
+    // SAFETY: the closure only makes async-signal-safe syscalls.
+    unsafe { cmd.pre_exec(limit) };
+    let out = cmd.output().expect("spawn cs-driver");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if pid > 0 {
+            // SAFETY: kill(2) with integers, on the process this test restored.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        panic!("the restore should have been refused:\n{err}");
+    }
+    assert!(
+        err.contains("cannot give the program its credentials back") && err.contains(why),
+        "unclear refusal (want {why:?}):\n{err}"
+    );
+    eprintln!("refused as it should be: {}", err.trim());
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "something serves {addr}");
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        assert!(
+            std::fs::read_link(e.path().join("exe")).map_or(true, |l| l != exe),
+            "process {:?} runs the program after a refused restore",
+            e.file_name()
+        );
+    }
+}
+
+#[test]
+fn a_restorer_without_the_capability_in_its_bounding_set_refuses() {
+    fn limit() -> std::io::Result<()> {
+        // SAFETY: prctl with integers.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                CAP_NET_BIND_SERVICE as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    assert_refused(Setup::Privileged, limit, "cap_net_bind_service");
+}
+
+#[test]
+fn a_restorer_with_no_new_privs_refuses_a_program_without_it() {
+    fn limit() -> std::io::Result<()> {
+        // SAFETY: prctl with integers.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    assert_refused(Setup::Plain, limit, "no_new_privs");
 }
