@@ -50,7 +50,12 @@ fn cred_lines(status_path: &Path) -> Vec<String> {
         })
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
-    assert_eq!(lines.len(), CREDS.len(), "{}: {text}", status_path.display());
+    assert_eq!(
+        lines.len(),
+        CREDS.len(),
+        "{}: {text}",
+        status_path.display()
+    );
     lines
 }
 
@@ -58,7 +63,10 @@ fn cred_lines(status_path: &Path) -> Vec<String> {
 fn creds_of(pid: u32) -> Vec<String> {
     let proc_lines = cred_lines(Path::new(&format!("/proc/{pid}/status")));
     let mut tasks = 0;
-    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir").flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+    {
         let t = cred_lines(&e.path().join("status"));
         assert_eq!(t, proc_lines, "task {:?} of {pid}", e.file_name());
         tasks += 1;
@@ -161,10 +169,19 @@ fn dumped(setup: Setup) -> (tempfile::TempDir, PathBuf, PathBuf, String, Vec<Str
     let pid = store.pid();
     kv(&addr, "PUT who uid-1001");
     let before = creds_of(pid);
-    assert!(before[0].starts_with("Uid: 1001 1001 1001 1001"), "{before:?}");
-    assert!(before[2].contains("2001") && before[2].contains("2002"), "{before:?}");
+    assert!(
+        before[0].starts_with("Uid: 1001 1001 1001 1001"),
+        "{before:?}"
+    );
+    assert!(
+        before[2].contains("2001") && before[2].contains("2002"),
+        "{before:?}"
+    );
     if setup == Setup::Privileged {
-        assert!(before.contains(&"CapAmb: 0000000000000400".to_string()), "{before:?}");
+        assert!(
+            before.contains(&"CapAmb: 0000000000000400".to_string()),
+            "{before:?}"
+        );
         assert!(before.contains(&"NoNewPrivs: 1".to_string()), "{before:?}");
     }
     let image = dir.path().join("kv.img");
@@ -178,7 +195,12 @@ fn round_trip(setup: Setup) {
     let restored = driver::restore_detached(&image, dir.path()).expect("restore");
     let after = creds_of(restored.pid);
     assert_eq!(after, before, "credentials differ after the restore");
-    assert_eq!(kv(&addr, "GET who"), "uid-1001", "{}", restored.stderr_tail());
+    assert_eq!(
+        kv(&addr, "GET who"),
+        "uid-1001",
+        "{}",
+        restored.stderr_tail()
+    );
     kv(&addr, "PUT again yes");
     assert_eq!(kv(&addr, "GET again"), "yes");
     // Still the same after it ran for a while (no thread changed back).
@@ -228,7 +250,10 @@ fn assert_refused(setup: Setup, limit: fn() -> std::io::Result<()>, why: &str) {
         "unclear refusal (want {why:?}):\n{err}"
     );
     eprintln!("refused as it should be: {}", err.trim());
-    assert!(std::net::TcpStream::connect(&addr).is_err(), "something serves {addr}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "something serves {addr}"
+    );
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
         assert!(
             std::fs::read_link(e.path().join("exe")).map_or(true, |l| l != exe),

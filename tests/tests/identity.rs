@@ -106,7 +106,10 @@ fn assert_refused(image: &Path, exe: &Path, addr: &str, what: &str) {
         "the error does not name {}:\n{err}",
         exe.display()
     );
-    assert!(err.contains(what), "the error does not say {what:?}:\n{err}");
+    assert!(
+        err.contains(what),
+        "the error does not say {what:?}:\n{err}"
+    );
     assert!(
         err.contains("not the file the program had mapped"),
         "unclear error:\n{err}"
@@ -140,7 +143,12 @@ fn restore_refuses_a_patched_executable_with_its_size_and_mtime_kept() {
     let mtime = meta.modified().expect("mtime");
     // 0x2000: inside .text of every Go fixture (text starts at file offset 0x1000
     // and is megabytes long).
-    let f = retry_busy(|| std::fs::OpenOptions::new().write(true).read(true).open(&exe));
+    let f = retry_busy(|| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&exe)
+    });
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, 0x2000).expect("read");
     b[0] ^= 0x01;
