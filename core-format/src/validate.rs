@@ -18,10 +18,10 @@
 //!    (`tid == pid`); their number equals `ProcessInfo.thread_count`.
 //! 6. Exactly one SignalTable (SIGKILL and SIGSTOP at SIG_DFL) and one FdTable (fds in
 //!    increasing order, none of kind `Other`).
-//! 6a. Exactly one MappedFiles (its paths ordered: checked when parsing). Credentials
+//! 7. Exactly one MappedFiles (its paths ordered: checked when parsing). Credentials
 //!    frames in strictly increasing tid order, one of them for the main thread, as
 //!    many as `ProcessInfo.thread_count` (format minor 1).
-//! 7. EpochCommit: same epoch number as EpochBegin, `frame_count` and `digest` equal to
+//! 8. EpochCommit: same epoch number as EpochBegin, `frame_count` and `digest` equal to
 //!    those of the frames before it ([`crate::EpochDigest`]).
 //!
 //! Only after [`CheckpointValidator::finish`] accepts may the epoch be applied.

@@ -277,7 +277,7 @@ fn build_epoch(
     fd_specs: &[FdSpec],
     actions: &[SigAction; NUM_SIGNALS],
     pick_seed: u64,
-    (creds, file_specs): &(CredsSpec, Vec<MappedFileSpec>),
+    (creds, file_specs): &IdentitySpecs,
 ) -> Vec<u8> {
     let files: Vec<MappedFile<'_>> = file_specs.iter().map(MappedFileSpec::build).collect();
     let creds: Vec<Credentials<'_>> = threads
@@ -361,6 +361,9 @@ fn build_epoch(
     out
 }
 
+/// The credentials (one set, given to every thread) and mapped files of an epoch.
+type IdentitySpecs = (CredsSpec, Vec<MappedFileSpec>);
+
 fn epoch_parts() -> impl Strategy<
     Value = (
         Vec<VmaSpec>,
@@ -368,7 +371,7 @@ fn epoch_parts() -> impl Strategy<
         Vec<FdSpec>,
         [SigAction; NUM_SIGNALS],
         u64,
-        (CredsSpec, Vec<MappedFileSpec>),
+        IdentitySpecs,
     ),
 > {
     (

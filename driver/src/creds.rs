@@ -423,13 +423,16 @@ pub fn apply(
     result
 }
 
+/// Runs one syscall in a stopped thread; an errno is an error naming `what`.
+type SyscallIn<'a> = dyn Fn(&Stopped, u64, [u64; 6], &str) -> Result<i64, CaptureError> + 'a;
+
 /// The syscalls that give one thread `c`, its current state being `st`.
 fn set_thread(
     t: &Stopped,
     c: &ThreadCreds,
     st: &Status,
     scratch: u64,
-    call: &dyn Fn(&Stopped, u64, [u64; 6], &str) -> Result<i64, CaptureError>,
+    call: &SyscallIn<'_>,
 ) -> Result<(), CaptureError> {
     let pid = t.host_tid;
     let put = |addr: u64, bytes: &[u8]| {
