@@ -1370,6 +1370,8 @@ fn finish_threads(
         .map(|v| (v.start, v.end));
     crate::creds::apply(host_pid, &stopped, &plan.creds, vdso)?;
     release(&seized);
+    // Signals that arrived during the injected syscalls were held back.
+    crate::inject::redeliver_deferred(host_pid);
     Ok(())
 }
 
