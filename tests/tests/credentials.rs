@@ -93,6 +93,8 @@ enum Setup {
     /// Plus an ambient cap_net_bind_service, bounding set without cap_sys_boot,
     /// SECBIT_NOROOT and no_new_privs.
     Privileged,
+    /// Plus no_new_privs and an allow-everything seccomp filter.
+    Seccomp,
 }
 
 /// The child side (async-signal-safe syscalls only).
@@ -128,6 +130,27 @@ fn become_user(setup: Setup) -> std::io::Result<()> {
                 0,
             ))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        }
+        if setup == Setup::Seccomp {
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            // One instruction: BPF_RET | BPF_K, SECCOMP_RET_ALLOW.
+            let allow = [libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0x7fff_0000,
+            }];
+            let prog = libc::sock_fprog {
+                len: 1,
+                filter: allow.as_ptr() as *mut libc::sock_filter,
+            };
+            check(libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog as libc::c_ulong,
+                0,
+                0,
+            ))?;
         }
     }
     Ok(())
@@ -295,4 +318,16 @@ fn a_restorer_with_no_new_privs_refuses_a_program_without_it() {
         Ok(())
     }
     assert_refused(Setup::Plain, limit, "no_new_privs");
+}
+
+#[test]
+fn a_program_under_seccomp_is_refused_since_filters_cannot_be_restored() {
+    fn no_limit() -> std::io::Result<()> {
+        Ok(())
+    }
+    assert_refused(
+        Setup::Seccomp,
+        no_limit,
+        "seccomp filters cannot be restored",
+    );
 }
