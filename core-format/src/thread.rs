@@ -12,7 +12,7 @@
 //! | 32 | 4 | sigaltstack flags (u32) |
 //! | 36 | 4 | comm length (u32, ≤ 16) |
 //! | 40 | 4 | XSAVE length (u32, ≤ [`MAX_XSAVE_BYTES`]) |
-//! | 44 | 4 | reserved (u32, 0) |
+//! | 44 | 4 | thread flags (u32): bit 0 [`THREAD_STOPPED`]; other bits refused |
 //! | 48 | 216 | general registers: 27 × u64 in `user_regs_struct` order ([`reg`]) |
 //! | 264 | n | comm bytes |
 //! | .. | m | XSAVE bytes (length checked against ProcessInfo by the validator) |
@@ -27,6 +27,8 @@ use crate::wire::{check_cap, emit_all, parse_all};
 pub const NUM_GREGS: usize = 27;
 /// Largest XSAVE blob in bytes (AMX state is about 11 KiB).
 pub const MAX_XSAVE_BYTES: usize = 16384;
+/// Thread flag: in a job-control stop at the checkpoint.
+pub const THREAD_STOPPED: u32 = 1;
 /// Length of the fixed part of a ThreadState payload.
 pub const THREAD_STATE_FIXED_LEN: usize = 264;
 const_assert_eq!(THREAD_STATE_FIXED_LEN, 48 + NUM_GREGS * 8);
@@ -122,6 +124,9 @@ pub struct ThreadState<'a> {
     pub altstack: SigAltStack,
     /// Syscall restart state.
     pub restart: Restart,
+    /// The thread was in a job-control stop (SIGSTOP and kin): it is restored
+    /// stopped, and runs again on SIGCONT.
+    pub stopped: bool,
 }
 
 impl<'a> ThreadState<'a> {
@@ -136,11 +141,11 @@ impl<'a> ThreadState<'a> {
             let flags = r.u32()?;
             let comm_len = r.u32()? as usize;
             let xsave_len = r.u32()? as usize;
-            let reserved = r.u32()?;
-            if reserved != 0 {
-                return Err(Error::RecordBadValue {
-                    field: "thread.reserved",
-                    value: u64::from(reserved),
+            let tflags = r.u32()?;
+            if tflags & !THREAD_STOPPED != 0 {
+                return Err(Error::RecordUnknownBits {
+                    field: "thread.flags",
+                    value: u64::from(tflags),
                 });
             }
             check_cap("thread.comm", comm_len, MAX_COMM_BYTES)?;
@@ -157,6 +162,7 @@ impl<'a> ThreadState<'a> {
                 sigmask,
                 altstack: SigAltStack { sp, flags, size },
                 restart,
+                stopped: tflags & THREAD_STOPPED != 0,
             })
         })
     }
@@ -179,7 +185,7 @@ impl<'a> ThreadState<'a> {
             w.u32(self.altstack.flags);
             w.u32(self.comm.len() as u32);
             w.u32(self.xsave.len() as u32);
-            w.u32(0);
+            w.u32(if self.stopped { THREAD_STOPPED } else { 0 });
             for v in self.regs {
                 w.u64(v);
             }

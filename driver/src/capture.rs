@@ -6,10 +6,11 @@
 //! answer (per-thread `sigaltstack`, `rt_sigaction` for caught signals) through a
 //! scratch page mapped by an injected `mmap` and removed again; then read the
 //! mappings (after the scratch page is gone), the present pages (pagemap) into the
-//! staging buffer, and the fds. Encoding and writing happen after the resume.
+//! staging buffer, and the fds. The program stays frozen in a [`Held`] until the
+//! caller resumes it (then writes the image) or commits the image and kills it.
 
 use std::fs;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::error::CaptureError;
 use crate::fds::{self, FdCapture};
 use crate::freeze::Frozen;
 use crate::inject::{self, Injector, Restart, Site};
+use crate::lock::{ProgramLock, Role};
 use crate::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::staging::Staging;
 use crate::sys::{self, UserRegs};
@@ -173,6 +175,8 @@ pub struct Capture {
     pub precopy_note: Option<String>,
     /// Identity of every mapped file (read before the freeze, see [`crate::identity`]).
     pub mapped_files: Vec<crate::identity::FileIdentity>,
+    /// The program was in a job-control stop (SIGSTOP): it is restored stopped.
+    pub stopped: bool,
 }
 
 impl Capture {
@@ -201,6 +205,116 @@ pub fn capture(pid: i32, after: After) -> Result<Capture, CaptureError> {
 
 /// Freezes `pid`, captures it, then resumes or kills it.
 pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, CaptureError> {
+    let (mut c, held) = capture_held(pid, opts)?;
+    c.times.pause = match after {
+        After::Resume => held.resume(),
+        After::Kill => held.kill(),
+    };
+    Ok(c)
+}
+
+/// A captured program still frozen, and the driver's claim on it. Dropping it
+/// resumes the program as it was (a group-stopped one stays stopped): every error
+/// path after the capture leaves the program running.
+#[derive(Debug)]
+pub struct Held {
+    frozen: Option<Frozen>,
+    pidfd: OwnedFd,
+    /// The pre-copy's tracker; closing it ends the write tracking.
+    pre: Option<Precopy>,
+    frozen_at: Instant,
+    _lock: ProgramLock,
+}
+
+impl Held {
+    /// Lets the program run again; returns the pause (from the first interrupt).
+    pub fn resume(mut self) -> Duration {
+        if let Some(f) = self.frozen.take() {
+            let pid = f.pid;
+            f.resume();
+            inject::redeliver_deferred(pid);
+        }
+        let pause = self.frozen_at.elapsed();
+        self.pre = None;
+        pause
+    }
+
+    /// Kills the program, still frozen (it never runs again), and waits until it is
+    /// gone; returns the time from the first interrupt to the kill.
+    pub fn kill(mut self) -> Duration {
+        let pause;
+        if let Some(f) = self.frozen.take() {
+            f.kill();
+            pause = self.frozen_at.elapsed();
+            // Wait until it is really gone (its sockets closed), so a restore that
+            // follows at once can bind the same addresses.
+            let mut pfd = libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on one live pollfd; a pidfd turns readable at exit.
+            unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        } else {
+            pause = self.frozen_at.elapsed();
+        }
+        self.pre = None;
+        pause
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(f) = self.frozen.take() {
+            let pid = f.pid;
+            f.resume();
+            inject::redeliver_deferred(pid);
+        }
+    }
+}
+
+/// Refuses a program another tracer holds (a debugger, strace, a driver of an
+/// older version that took no lock).
+fn refuse_traced(pid: i32) -> Result<(), CaptureError> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).map_err(|e| CaptureError::ProcIo {
+        path: path.clone(),
+        source: e,
+    })?;
+    let tracer = text
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    if tracer != 0 {
+        let comm = fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+        return Err(CaptureError::Busy {
+            pid,
+            detail: format!(
+                "it is traced by pid {tracer} ({}); detach the debugger, tracer or other driver first",
+                comm.trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Freezes `pid` and captures it, leaving it frozen in the returned [`Held`].
+///
+/// Takes the program's lock first ([`crate::lock`]): another dump on it is
+/// refused, a restore's lazy fill is waited for. Nothing in the program is changed
+/// before the lock is held and no other tracer is seen.
+pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureError> {
+    let lock = ProgramLock::acquire(pid, Role::Dump, crate::lock::FILL_WAIT, &mut |holder| {
+        eprintln!(
+            "cs-driver: process {pid} is being restored by cs-driver pid {holder}; waiting until its memory is filled"
+        )
+    })
+    .map_err(|e| CaptureError::Busy {
+        pid,
+        detail: e.to_string(),
+    })?;
+    refuse_traced(pid)?;
     let status = procfs::read_status(pid)?;
     let ns_pid = *status.ns_pid.last().ok_or_else(|| CaptureError::Proc {
         path: format!("/proc/{pid}/status"),
@@ -232,6 +346,8 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
     // The staging buffer is faulted in now, before the freeze: the resident size
     // of the mappings whose pages are stored, plus room for growth.
     let smaps_before = procfs::read_maps(pid)?;
+    // What restore would refuse is refused now, before the program is touched.
+    crate::refuse::before_freeze(pid, pidfd.as_raw_fd(), &smaps_before)?;
     let mapped_files = crate::identity::read_mapped(pid, &smaps_before)?;
     let rss_bytes: u64 = smaps_before
         .iter()
@@ -268,13 +384,27 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
     } else {
         None
     };
+    crate::cancel::check("before the freeze")?;
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     times.freeze = t0.elapsed();
+    let held = Held {
+        frozen: Some(frozen),
+        pidfd,
+        pre,
+        frozen_at: t0,
+        _lock: lock,
+    };
+    let tids = held
+        .frozen
+        .as_ref()
+        .map(|f| f.tids.clone())
+        .unwrap_or_default();
+    let stopped = held.frozen.as_ref().is_some_and(|f| f.group_stopped);
 
     let t = Instant::now();
-    let mut threads = Vec::with_capacity(frozen.tids.len());
-    for &tid in &frozen.tids {
+    let mut threads = Vec::with_capacity(tids.len());
+    for &tid in &tids {
         threads.push(capture_thread(pid, tid, host_xsave as usize)?);
     }
     // The image lists threads by the tid the program sees (the order of host tids
@@ -304,7 +434,7 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
     let maps = procfs::read_maps_fast(pid, &smaps_before)?;
     let mm = procfs::read_mm_layout(pid, &maps)?;
     let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
-    let (spans, copy, copied) = match &pre {
+    let (spans, copy, copied) = match &held.pre {
         Some(p) => capture_memory_tracked(pid, &maps, &vmas, &mut staging, p)?,
         None => capture_memory(pid, &maps, &vmas, &mut staging)?,
     };
@@ -313,37 +443,13 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
     times.memory = t.elapsed();
 
     let t = Instant::now();
-    let fds = fds::capture_fds(pid, pidfd.as_raw_fd())?;
+    let fds = fds::capture_fds(pid, held.pidfd.as_raw_fd())?;
     times.fds = t.elapsed();
 
     let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
-    match after {
-        After::Resume => {
-            frozen.resume();
-            inject::redeliver_deferred(pid);
-        }
-        After::Kill => {
-            frozen.kill();
-            times.pause = t0.elapsed();
-            // Wait until it is really gone (its sockets closed), so a restore that
-            // follows at once can bind the same addresses.
-            let mut pfd = libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll(2) on one live pollfd; a pidfd turns readable at exit.
-            unsafe { libc::poll(&mut pfd, 1, 10_000) };
-        }
-    }
-    if after == After::Resume {
-        times.pause = t0.elapsed();
-    }
-    // Closing the tracker's uffd (its last reference) ends the write tracking.
-    drop(pre);
-
+    crate::cancel::check("after the capture")?;
     let mapped_files = crate::identity::complete(mapped_files, &vmas);
-    Ok(Capture {
+    let c = Capture {
         host_pid: pid,
         pid: ns_pid,
         threads,
@@ -367,7 +473,12 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
         times,
         precopy_note,
         mapped_files,
-    })
+        stopped,
+    };
+    // The program may have opened something since the first check: the capture
+    // itself is checked too (a refusal here resumes it, unchanged).
+    crate::refuse::captured(&c)?;
+    Ok((c, held))
 }
 
 fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture, CaptureError> {
@@ -531,6 +642,12 @@ fn inject_queries(
         }
         Ok(acts)
     })();
+    if result.is_err() {
+        // No thread may resume pointing into the scratch mapping.
+        for th in threads.iter() {
+            inject::put_back(th.host_tid, &inject::normalized(&th.regs, th.restart));
+        }
+    }
     site.call(SYS_MUNMAP, [scratch, len, 0, 0, 0, 0], "munmap scratch")?;
     result
 }
@@ -582,6 +699,23 @@ fn remove_stale_scratch(site: &Site, smaps: &[MapEntry]) -> Result<(), CaptureEr
 /// the close), which fdinfo shows: bit 31 of the `API:` features (the kernel's
 /// "initialized" flag) is clear. An uninitialized uffd is unusable, and a program
 /// holding any uffd could not be restored anyway (the fd kind is refused).
+/// Whether fd `fd` of `pid` is a userfaultfd that never had its `UFFDIO_API`
+/// handshake: a tracker left by a killed driver.
+pub fn is_stale_tracker(pid: i32, fd: i32) -> bool {
+    let is_uffd = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .is_ok_and(|l| l.as_os_str().as_bytes() == b"anon_inode:[userfaultfd]");
+    if !is_uffd {
+        return false;
+    }
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let features = info
+        .lines()
+        .find_map(|l| l.strip_prefix("API:"))
+        .and_then(|v| v.trim().split(':').nth(1))
+        .and_then(|f| u64::from_str_radix(f, 16).ok());
+    features.is_some_and(|f| f & (1 << 31) == 0)
+}
+
 fn remove_stale_tracker_fds(site: &Site) -> Result<(), CaptureError> {
     let pid = site.inj.pid;
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -591,18 +725,7 @@ fn remove_stale_tracker_fds(site: &Site) -> Result<(), CaptureError> {
         let Ok(fd) = e.file_name().to_string_lossy().parse::<u64>() else {
             continue;
         };
-        let is_uffd = fs::read_link(e.path())
-            .is_ok_and(|l| l.as_os_str().as_bytes() == b"anon_inode:[userfaultfd]");
-        if !is_uffd {
-            continue;
-        }
-        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        let features = info
-            .lines()
-            .find_map(|l| l.strip_prefix("API:"))
-            .and_then(|v| v.trim().split(':').nth(1))
-            .and_then(|f| u64::from_str_radix(f, 16).ok());
-        if features.is_none_or(|f| f & (1 << 31) != 0) {
+        if !is_stale_tracker(pid, fd as i32) {
             continue;
         }
         site.call(

@@ -38,6 +38,12 @@ pub enum CaptureError {
     Fd { pid: i32, fd: i32, detail: String },
     #[error("process {pid} uses something CheckSync cannot capture yet: {what}")]
     Unsupported { pid: i32, what: String },
+    #[error("process {pid} holds what CheckSync cannot restore yet, so it was not dumped (nothing in it was changed):\n  - {}", items.join("\n  - "))]
+    Unrestorable { pid: i32, items: Vec<String> },
+    #[error("process {pid} cannot be captured now: {detail}")]
+    Busy { pid: i32, detail: String },
+    #[error("{0}")]
+    Cancelled(#[from] crate::cancel::Cancelled),
     #[error("thread {tid}: XSAVE area is {got} bytes, expected {want}")]
     Xsave { tid: i32, got: usize, want: usize },
 }

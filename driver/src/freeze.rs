@@ -24,6 +24,11 @@ pub struct Frozen {
     pub tids: Vec<i32>,
     /// When the first thread was interrupted.
     pub frozen_at: Instant,
+    /// The program was in a job-control stop (SIGSTOP and kin). Detaching leaves
+    /// it stopped: a traced thread resumed from a group stop traps once more with
+    /// its stop signal, and stays stopped once untraced (shown by a probe on this
+    /// kernel; see docs/guarantees.md).
+    pub group_stopped: bool,
     released: bool,
 }
 
@@ -39,6 +44,7 @@ impl Frozen {
             pid,
             tids: Vec::new(),
             frozen_at,
+            group_stopped: false,
             released: false,
         };
         loop {
@@ -78,7 +84,15 @@ impl Frozen {
             while let Some((&t, _)) = threads.iter().find(|(_, s)| !**s) {
                 match sys::waitpid(t, false).map_err(CaptureError::ptrace("waitpid", t))? {
                     None => {}
-                    Some(WaitStatus::Stopped(t, _sig, sys::PTRACE_EVENT_STOP)) => {
+                    Some(WaitStatus::Stopped(t, sig, sys::PTRACE_EVENT_STOP)) => {
+                        // A group-stopped thread reports its stop signal, an
+                        // interrupted running one SIGTRAP.
+                        if matches!(
+                            sig,
+                            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                        ) {
+                            guard.group_stopped = true;
+                        }
                         threads.insert(t, true);
                     }
                     Some(WaitStatus::Stopped(t, _sig, sys::PTRACE_EVENT_CLONE)) => {

@@ -136,7 +136,7 @@ fn proto(mptcp: bool) -> cf::InetProtocol {
     }
 }
 
-/// Writes a whole checkpoint as one full epoch.
+/// Writes a whole checkpoint as one full epoch, crash-safely (see [`ImageOut`]).
 pub fn write_image(c: &Capture, path: &Path) -> Result<WriteStats, ImageError> {
     write_image_with(c, path, &mut |_, _| {})
 }
@@ -148,16 +148,290 @@ pub fn write_image_with(
     path: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<WriteStats, ImageError> {
-    let io = |e: std::io::Error| ImageError::Io {
+    let mut out = ImageOut::create(path)?;
+    let stats = out.write(c, progress)?;
+    out.commit()?;
+    Ok(stats)
+}
+
+/// An image being written: a temporary file beside the target, mode 0600, that
+/// becomes the target only by [`ImageOut::commit`] (fsync the file, rename it over
+/// the target, fsync the directory). Until then the target path is untouched; a
+/// dropped `ImageOut` removes its temporary file. A driver killed before the commit
+/// leaves only the temporary file, which the next dump to the same path removes.
+///
+/// Test switches: `CS_FAULT_WRITE_AT=N` makes the write fail with an injected I/O
+/// error once N bytes are written, so the failure paths are tested without
+/// filling a disk; `CS_TEST_WRITE_DELAY_MS=M` sleeps M ms before each write to
+/// the file (8 MiB at a time), so that tests can act while an image is written.
+#[derive(Debug)]
+pub struct ImageOut {
+    target: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    file: Option<File>,
+    committed: bool,
+}
+
+const TMP_MARK: &str = ".cs-tmp-";
+
+impl ImageOut {
+    /// Checks the target and opens the temporary file. Call before touching the
+    /// program: every way the output can be wrong (a missing directory, a
+    /// directory as the path, no permission) fails here.
+    pub fn create(path: &Path) -> Result<ImageOut, ImageError> {
+        let err = |p: &Path, detail: String| ImageError::Content {
+            path: p.display().to_string(),
+            detail,
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| err(path, "names no file (it ends in `/` or `..`)".into()))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(err(&dir, "is not a directory".into())),
+            Err(e) => {
+                return Err(ImageError::Io {
+                    path: format!("output directory {}", dir.display()),
+                    source: e,
+                })
+            }
+        }
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if m.is_dir() {
+                return Err(err(path, "is a directory; name an image file".into()));
+            }
+            if !m.is_file() && !m.file_type().is_symlink() {
+                return Err(err(path, "exists and is not a regular file".into()));
+            }
+        }
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(name);
+        prefix.push(TMP_MARK);
+        remove_stale_temps(&dir, &prefix);
+        let mut tmp_name = prefix;
+        tmp_name.push(std::process::id().to_string());
+        let tmp = dir.join(tmp_name);
+        use std::os::unix::fs::OpenOptionsExt;
+        // A leftover of this very pid (a pid reused since) goes first.
+        let _ = std::fs::remove_file(&tmp);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| ImageError::Io {
+                path: format!("{} (temporary file for {})", tmp.display(), path.display()),
+                source: e,
+            })?;
+        Ok(ImageOut {
+            target: path.to_path_buf(),
+            tmp,
+            dir,
+            file: Some(file),
+            committed: false,
+        })
+    }
+
+    /// Encodes the capture into the temporary file and fsyncs it.
+    pub fn write(
+        &mut self,
+        c: &Capture,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<WriteStats, ImageError> {
+        let tmp = self.tmp.display().to_string();
+        let io = |e: std::io::Error| ImageError::Io {
+            path: tmp.clone(),
+            source: e,
+        };
+        let file = self.file.take().ok_or_else(|| ImageError::Content {
+            path: tmp.clone(),
+            detail: "written twice".into(),
+        })?;
+        let guarded = Guarded {
+            file,
+            written: 0,
+            fail_at: std::env::var("CS_FAULT_WRITE_AT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            delay: std::env::var("CS_TEST_WRITE_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
+        };
+        let mut w = BufWriter::with_capacity(8 << 20, guarded);
+        let stats = encode_with(c, &mut w, progress).map_err(|e| match e {
+            ImageError::Io { source, .. } => io(source),
+            other => other,
+        })?;
+        let guarded = w.into_inner().map_err(|e| io(e.into_error()))?;
+        crate::cancel::check("before the image was synced").map_err(|e| io(cancelled(e)))?;
+        guarded.file.sync_all().map_err(io)?;
+        self.file = Some(guarded.file);
+        Ok(stats)
+    }
+
+    /// The commit point: the written image replaces the target atomically and
+    /// durably. After an error here the target is either untouched or the
+    /// complete new image.
+    pub fn commit(mut self) -> Result<(), ImageError> {
+        crate::cancel::check("before the image was committed").map_err(|e| ImageError::Io {
+            path: self.target.display().to_string(),
+            source: cancelled(e),
+        })?;
+        if self.file.is_none() {
+            return Err(ImageError::Content {
+                path: self.tmp.display().to_string(),
+                detail: "committed before it was written".into(),
+            });
+        }
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| ImageError::Io {
+            path: format!(
+                "renaming {} to {}",
+                self.tmp.display(),
+                self.target.display()
+            ),
+            source: e,
+        })?;
+        self.committed = true;
+        let d = File::open(&self.dir).and_then(|d| d.sync_all());
+        d.map_err(|e| ImageError::Io {
+            path: format!("fsync of directory {}", self.dir.display()),
+            source: e,
+        })
+    }
+
+    /// The path the image gets at the commit.
+    pub fn target_path(&self) -> &Path {
+        &self.target
+    }
+
+    /// The temporary file's path.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+}
+
+impl Drop for ImageOut {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Not `ErrorKind::Interrupted`: `write_all` would retry that forever.
+fn cancelled(e: crate::cancel::Cancelled) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Removes `PREFIX<pid>` files in `dir` whose driver is gone.
+fn remove_stale_temps(dir: &Path, prefix: &std::ffi::OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.as_bytes().strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        let Some(pid) = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The image file's writer: checks for cancellation and applies the test fault.
+struct Guarded {
+    file: File,
+    written: u64,
+    fail_at: Option<u64>,
+    delay: Option<std::time::Duration>,
+}
+
+impl Write for Guarded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
+        crate::cancel::check("while the image was written").map_err(cancelled)?;
+        let mut n = buf.len();
+        if let Some(at) = self.fail_at {
+            if self.written >= at {
+                return Err(std::io::Error::other(format!(
+                    "injected write failure at byte {at} (CS_FAULT_WRITE_AT)"
+                )));
+            }
+            n = n.min((at - self.written) as usize);
+        }
+        let n = self.file.write(&buf[..n])?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Opens an image for reading, refusing what cannot be one before reading it: a
+/// directory, a device, a FIFO (opened without blocking: a FIFO with no writer
+/// would hang), a socket, or a file that reports no size (`/proc` files).
+pub fn open_image(path: &Path) -> Result<File, ImageError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let what = |detail: &str| ImageError::Content {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| ImageError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+    let m = file.metadata().map_err(|e| ImageError::Io {
         path: path.display().to_string(),
         source: e,
-    };
-    let file = File::create(path).map_err(io)?;
-    let mut w = BufWriter::with_capacity(8 << 20, file);
-    let stats = encode_with(c, &mut w, progress)?;
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_data().map_err(io)?;
-    Ok(stats)
+    })?;
+    let t = m.file_type();
+    if t.is_dir() {
+        return Err(what("is a directory, not an image file"));
+    }
+    if t.is_fifo() {
+        return Err(what(
+            "is a FIFO, not an image file (images are read in place)",
+        ));
+    }
+    if t.is_char_device() || t.is_block_device() {
+        return Err(what("is a device, not an image file"));
+    }
+    if t.is_socket() || !t.is_file() {
+        return Err(what("is not a regular file"));
+    }
+    if m.len() == 0 {
+        let mut probe = [0u8; 1];
+        use std::io::Read;
+        return Err(if (&file).read(&mut probe).unwrap_or(0) > 0 {
+            what("reports a size of 0 but has contents (a /proc or /sys file?): not an image")
+        } else {
+            what("is empty (0 bytes): not an image")
+        });
+    }
+    Ok(file)
 }
 
 /// Encodes a capture as frames into `w`.
@@ -385,6 +659,7 @@ fn encode_with<W: Write>(
                 size: t.altstack.2,
             },
             restart,
+            stopped: c.stopped,
         };
         put(cf::Record::ThreadState(ts), w, &mut digest, &mut stats)?;
     }
@@ -555,6 +830,7 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
         runs: Vec::new(),
         files: Vec::new(),
         creds: Vec::new(),
+        stopped: false,
     };
     let mut s = ImageSummary {
         plan: plan.clone(),
@@ -648,6 +924,7 @@ pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
             }
             cf::Record::ThreadState(t) => {
                 plan.tids.push(t.tid as i32);
+                plan.stopped |= t.stopped;
                 let restart = match t.restart {
                     cf::Restart::None => Restart::None,
                     cf::Restart::Restart => Restart::Restart,

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::capture::{VmaCapture, VmaKind};
 use crate::image::Mapped;
+use crate::lock::{ProgramLock, Role};
 use crate::restore::RestoreError;
 use crate::sys;
 use crate::uffd;
@@ -327,12 +328,20 @@ impl Shared {
     /// The background filler: every run, in address order.
     fn filler(&self) -> std::io::Result<u64> {
         self.map.populate();
+        // Test switch: a slow fill, so that tests can act while it runs.
+        let delay = std::env::var("CS_TEST_FILL_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
         let mut pages = 0u64;
         for r in &self.runs {
             let end = r.0 + r.2 as u64;
             let mut a = r.0;
             while a < end {
                 let n = (end - a).min(FILL_CHUNK);
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
                 match self.copy(r, a, n)? {
                     Copy::Done => {
                         pages += n / PAGE;
@@ -378,6 +387,15 @@ impl LazyFill {
             });
         }
         runs.sort_unstable_by_key(|r| r.0);
+        // Held until every page is in: a dump now would read the pages not yet
+        // filled as absent (crate::lock).
+        let lock = match ProgramLock::acquire(host_pid, Role::Fill, Duration::ZERO, &mut |_| {}) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("cs-driver: warning: {e}");
+                None
+            }
+        };
         let shared = Arc::new(Shared {
             uffd: prep.uffd,
             map,
@@ -388,7 +406,7 @@ impl LazyFill {
         });
         let handle = std::thread::Builder::new()
             .name("lazy-fill".into())
-            .spawn(move || run(shared, host_pid, done))
+            .spawn(move || run(shared, host_pid, done, lock))
             .map_err(|e| RestoreError::Sys {
                 op: "starting the page filler".into(),
                 source: e,
@@ -411,7 +429,12 @@ impl LazyFill {
     }
 }
 
-fn run(shared: Arc<Shared>, host_pid: i32, done: OwnedFd) -> Result<LazyStats, RestoreError> {
+fn run(
+    shared: Arc<Shared>,
+    host_pid: i32,
+    done: OwnedFd,
+    lock: Option<ProgramLock>,
+) -> Result<LazyStats, RestoreError> {
     let t = Instant::now();
     let (served, filled) = std::thread::scope(|sc| {
         let server = sc.spawn(|| {
@@ -451,6 +474,7 @@ fn run(shared: Arc<Shared>, host_pid: i32, done: OwnedFd) -> Result<LazyStats, R
     }
     // Unregister (last reference), then let the namespace init stand down.
     drop(shared);
+    drop(lock);
     let _ = File::from(done).write_all(b"D");
     result.map(|_| stats)
 }

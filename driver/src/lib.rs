@@ -6,6 +6,7 @@
 //! classifying descriptors), then the image is written; on the other side the
 //! restorer rebuilds the process with the static stub.
 
+pub mod cancel;
 pub mod capture;
 pub mod creds;
 pub mod error;
@@ -16,7 +17,9 @@ pub mod image;
 pub mod inject;
 pub mod inspect;
 pub mod lazy;
+pub mod lock;
 pub mod procfs;
+pub mod refuse;
 pub mod restore;
 pub mod run;
 pub mod staging;

@@ -1,6 +1,5 @@
 //! `cs-driver`: the CheckSync command line.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -160,20 +159,41 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             leave_running,
             no_precopy,
         } => {
-            let after = if leave_running {
-                capture::After::Resume
-            } else {
-                capture::After::Kill
-            };
+            // From here SIGINT/SIGTERM/SIGHUP cancel the dump until its commit point.
+            cs_driver::cancel::catch();
+            let left = "the program was left as it was";
+            // Every way the output can be wrong fails here, before the program is
+            // touched.
+            let mut out = image::ImageOut::create(&output)
+                .with_context(|| format!("cannot write the image; {left}"))?;
             let opts = capture::Options {
                 precopy: !no_precopy,
             };
-            let c = capture::capture_with(pid, after, opts)
-                .with_context(|| format!("capturing process {pid}"))?;
+            let (mut c, held) = capture::capture_held(pid, opts)
+                .with_context(|| format!("capturing process {pid}; {left}"))?;
             if let Some(note) = &c.precopy_note {
                 eprintln!("cs-driver: {note}; copying all memory inside the freeze");
             }
-            let stats = write_with_progress(&c, &output)?;
+            let stats = if leave_running {
+                c.times.pause = held.resume();
+                let stats = write_with_progress(&c, &mut out)?;
+                out.commit()
+                    .with_context(|| format!("committing {}", output.display()))?;
+                stats
+            } else {
+                // The program stays frozen until its image is durable: a failure
+                // (or a killed driver) before the commit resumes it untouched.
+                let stats = write_with_progress(&c, &mut out)
+                    .with_context(|| format!("process {pid} not killed; {left}"))?;
+                out.commit().with_context(|| {
+                    format!(
+                        "committing {}; process {pid} not killed; {left}",
+                        output.display()
+                    )
+                })?;
+                c.times.pause = held.kill();
+                stats
+            };
             eprintln!(
                 "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} pages stored and {} zero pages recorded without data; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2} for {} pages, fds {:.2}); pre-copy {:.2} ms of {} pages, with a {:.2} ms stop; program {}",
                 c.pid,
@@ -209,7 +229,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eager,
         } => {
             let started = std::time::Instant::now();
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            restore::check_privileges()?;
+            let file = image::open_image(&path)?;
             let summary = image::read_image(&file, &path.display().to_string())?;
             let checked = started.elapsed();
             if !detach {
@@ -264,7 +285,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             image: path,
             verbose,
         } => {
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let file = image::open_image(&path)?;
             let summary = image::read_image(&file, &path.display().to_string())?;
             // An image this machine cannot restore is refused here too.
             restore::check_cpu(&summary.plan)
@@ -279,8 +300,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// seconds, most of it after the program was resumed or killed).
 fn write_with_progress(
     c: &capture::Capture,
-    output: &std::path::Path,
+    out: &mut image::ImageOut,
 ) -> anyhow::Result<image::WriteStats> {
+    let output = out.target_path().to_path_buf();
     use std::io::{IsTerminal, Write};
     let tty = std::io::stderr().is_terminal();
     let mut last = std::time::Instant::now();
@@ -300,7 +322,8 @@ fn write_with_progress(
             let _ = std::io::stderr().flush();
         }
     };
-    let stats = image::write_image_with(c, output, &mut progress)
+    let stats = out
+        .write(c, &mut progress)
         .with_context(|| format!("writing {}", output.display()))?;
     if shown {
         eprint!("\r\x1b[K");

@@ -60,6 +60,8 @@ pub struct RestorePlan {
     pub files: Vec<crate::identity::FileIdentity>,
     /// Every thread's credentials, by the tid the program sees.
     pub creds: Vec<(i32, crate::creds::ThreadCreds)>,
+    /// Restored in a job-control stop (it was SIGSTOPped at the dump).
+    pub stopped: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -117,6 +119,8 @@ pub enum RestoreError {
     StubFailed { phase: Phase, errno: i64, addr: u64 },
     #[error("the restore stub sent no usable report ({0})")]
     NoReport(String),
+    #[error("{0}")]
+    Privilege(String),
     #[error("finishing the threads: {0}")]
     Finish(#[from] CaptureError),
 }
@@ -158,6 +162,35 @@ impl Restored {
             }
         }
     }
+}
+
+/// Checks, before anything else, that this driver may restore at all: new pid and
+/// time namespaces, `clone3` with `set_tid` and `PR_SET_MM_MAP` need CAP_SYS_ADMIN
+/// (this kernel accepts it for the last two in place of CAP_CHECKPOINT_RESTORE /
+/// CAP_SYS_RESOURCE; the sandbox these tests run in has no CAP_SYS_RESOURCE).
+/// Without it the restore would only fail halfway (EPERM from `unshare`).
+pub fn check_privileges() -> Result<(), RestoreError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u32 = 21;
+    let missing: Vec<&str> = [(CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
+        .into_iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    Err(RestoreError::Privilege(format!(
+        "restore must run as root: it creates pid and time namespaces, gives threads their old ids and sets the program's memory layout (CAP_SYS_ADMIN); this driver runs as uid {uid} without {}",
+        missing.join(", ")
+    )))
 }
 
 /// Checks that the image can be restored on this machine, without side effects.
@@ -1362,13 +1395,20 @@ fn finish_threads(
             eprintln!("cs-driver: warning: /proc/{host_pid}/exe still names the restore stub: {e}");
         }
     }
-    // Last, as it may drop the privileges the steps above need.
+    // After the steps that need privileges (they may be dropped here), before
+    // the stop below (injected syscalls would take it).
     let vdso = plan
         .vmas
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
         .map(|v| (v.start, v.end));
     crate::creds::apply(host_pid, &stopped, &plan.creds, vdso)?;
+    if plan.stopped {
+        // Queued while every thread is still traced: each one takes the stop on
+        // its way back to user mode, before it runs an instruction.
+        // SAFETY: kill(2) with integers.
+        unsafe { libc::kill(host_pid, libc::SIGSTOP) };
+    }
     release(&seized);
     // Signals that arrived during the injected syscalls were held back.
     crate::inject::redeliver_deferred(host_pid);

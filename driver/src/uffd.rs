@@ -209,9 +209,28 @@ pub fn pagemap_scan(
     q: ScanQuery,
     out: &mut Vec<PageRegion>,
 ) -> io::Result<()> {
+    pagemap_scan_flags(fd, start, end, q, 0, out)
+}
+
+/// `PM_SCAN_WP_MATCHING`: write-protect the pages the scan reports, in the same
+/// walk (an epoch's "list what changed and start tracking again" in one call).
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `PM_SCAN_CHECK_WPASYNC`: refuse (EPERM) unless the range's uffd uses `WP_ASYNC`.
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+/// [`pagemap_scan`] with `PM_SCAN_*` flags.
+pub fn pagemap_scan_flags(
+    fd: RawFd,
+    start: u64,
+    end: u64,
+    q: ScanQuery,
+    flags: u64,
+    out: &mut Vec<PageRegion>,
+) -> io::Result<()> {
     let mut vec = vec![PageRegion::default(); 4096];
     let mut arg = PmScanArg {
         size: std::mem::size_of::<PmScanArg>() as u64,
+        flags,
         start,
         end,
         vec: vec.as_mut_ptr() as u64,

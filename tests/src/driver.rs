@@ -141,6 +141,18 @@ pub fn restore_detached_then<T>(
     extra: &[&str],
     at_release: impl FnOnce(u32) -> T,
 ) -> Result<(Restored, T), String> {
+    restore_detached_env(image, dir, extra, &[], at_release)
+}
+
+/// [`restore_detached_then`] with environment variables for the driver (its test
+/// switches).
+pub fn restore_detached_env<T>(
+    image: &Path,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    at_release: impl FnOnce(u32) -> T,
+) -> Result<(Restored, T), String> {
     use std::io::{BufRead, BufReader, Read};
     let _ = stub();
     let stdout = dir.join("restored.stdout");
@@ -153,6 +165,7 @@ pub fn restore_detached_then<T>(
         .arg("--stderr")
         .arg(&stderr)
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -315,6 +315,7 @@ mod tests {
                 size: 0,
             },
             restart: cf::Restart::None,
+            stopped: false,
         };
         let creds = |tid| cf::Credentials {
             tid,

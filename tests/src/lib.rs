@@ -6,3 +6,4 @@ pub mod check;
 pub mod driver;
 pub mod fixture;
 pub mod image_edit;
+pub mod procs;

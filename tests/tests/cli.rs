@@ -125,3 +125,22 @@ fn usage_errors() {
     assert_eq!(code, 0);
     assert!(out.contains("cs-check kv"));
 }
+
+/// `--help` after a check's name prints the usage (it once opened a history file
+/// named `--help`); an unknown option is an error that names it.
+#[test]
+fn help_and_unknown_options_are_not_file_names() {
+    let d = tempfile::tempdir().unwrap();
+    for check in ["kv", "lock", "mr", "preload"] {
+        let (code, out, err) = cs_check(&[check, "--help"]);
+        assert_eq!(code, 0, "{check} --help: {err}");
+        assert!(out.contains("usage:"), "{check} --help printed {out:?}");
+        let (code, _, err) = cs_check(&[check, "--bogus", "x"]);
+        assert_eq!(code, 2, "{check} --bogus");
+        assert!(err.contains("unknown option \"--bogus\""), "{check}: {err}");
+    }
+    // `--max-steps` still works for kv.
+    let good = kv_line(1, "put", r#""value":"a","#, 0);
+    let (code, _, err) = cs_check(&["kv", "--max-steps", "100", &write(d.path(), "h", &good)]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -51,16 +51,17 @@
 //! the marker; that a partial image left behind is refused (that is bad_images.rs).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cs_tests::check::preload::{preload_count, preload_key, preload_value, verify_preload};
+use cs_tests::check::preload::{preload_count, verify_preload};
 use cs_tests::driver;
 use cs_tests::fixture::{fixture_bin, temp_dir, GoToolchain, Service};
+use cs_tests::procs::{
+    alive, check_serving, crash_summary, kv_put, rwx_mappings, tracer, uffd_fds,
+};
 
 const PRELOAD_MIB: u64 = 256;
 const MARKER: &str = "dump-killed-marker";
@@ -120,18 +121,6 @@ struct Interrupted {
     driver_said: String,
 }
 
-fn status_field(pid: u32, tid: u32, field: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .map(|v| v.trim().to_string())
-}
-
-/// TracerPid of the main thread; `None` when the process is gone.
-fn tracer(pid: u32) -> Option<u32> {
-    status_field(pid, pid, "TracerPid:").and_then(|v| v.parse().ok())
-}
-
 /// The syscall the main thread is stopped or blocked in and its instruction
 /// pointer (`None` while it runs).
 fn main_syscall(pid: u32) -> Option<(u64, u64)> {
@@ -180,57 +169,6 @@ fn pc_in(pid: u32, pc: u64, code: Code) -> bool {
             };
             wanted && (a..b).contains(&pc)
         })
-}
-
-/// Threads that are stopped, traced or dead: (tid, state, tracer).
-fn unhealthy_threads(pid: u32) -> Option<Vec<(u32, String, String)>> {
-    let mut bad = Vec::new();
-    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for e in dir.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let state = status_field(pid, tid, "State:").unwrap_or_default();
-        let tr = status_field(pid, tid, "TracerPid:").unwrap_or_default();
-        let code = state.chars().next().unwrap_or('?');
-        if matches!(code, 't' | 'T' | 'Z' | 'X') || tr != "0" {
-            bad.push((tid, state, tr));
-        }
-    }
-    Some(bad)
-}
-
-fn rwx_mappings(pid: u32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("rwxp"))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The program's fds that are userfaultfds (the pre-copy tracker's, if a kill
-/// landed between its injected `userfaultfd` and `close`).
-fn uffd_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().contains("userfaultfd"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        })
-        .unwrap_or(false)
 }
 
 fn spin_for(d: Duration) {
@@ -363,96 +301,6 @@ fn interrupted_dump(pid: u32, image: &Path, log: &Path, at: KillAt) -> Interrupt
     }
 }
 
-/// `GET key` on one connection as the anonymous client 0; the value, or why not.
-fn get(addr: &str, key: &str, timeout: Duration) -> Result<Option<String>, String> {
-    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("0 1 GET {key}\n").as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| format!("read: {e}"))?;
-    let line = line.trim_end();
-    match line.split_once(' ').map(|(_, rest)| rest) {
-        Some(rest) if rest.starts_with("OK ") => Ok(Some(rest[3..].to_string())),
-        Some("NOTFOUND") => Ok(None),
-        _ => Err(format!("bad reply {line:?}")),
-    }
-}
-
-fn put_marker(addr: &str) {
-    let sock: std::net::SocketAddr = addr.parse().expect("address");
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("0 1 PUT marker {MARKER}\n").as_bytes())
-        .expect("send PUT");
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).expect("PUT reply");
-    assert!(line.contains("OK"), "PUT marker answered {line:?}");
-}
-
-/// The start of a Go crash report in `stderr` (its goroutine dump can be long), or
-/// the end of `stderr` when there is none.
-fn crash_summary(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().collect();
-    let first = lines.iter().position(|l| {
-        [
-            "fatal error",
-            "panic:",
-            "unexpected signal",
-            "SIGSEGV",
-            "SIGBUS",
-            "SIGILL",
-            "runtime:",
-        ]
-        .iter()
-        .any(|p| l.starts_with(p))
-    });
-    match first {
-        Some(i) => lines[i..lines.len().min(i + 12)].join("\n"),
-        None => lines[lines.len().saturating_sub(12)..].join("\n"),
-    }
-}
-
-/// Waits (up to 3 s) until every thread runs untraced, then checks a GET of a
-/// preloaded key and of the marker. Err(why) when the program is not healthy.
-fn check_serving(store: &Service, key_index: usize) -> Result<Duration, String> {
-    let pid = store.pid();
-    let t = Instant::now();
-    loop {
-        if !alive(pid) {
-            return Err(format!("the program (pid {pid}) is dead"));
-        }
-        match unhealthy_threads(pid) {
-            Some(bad) if bad.is_empty() => break,
-            Some(bad) if t.elapsed() > Duration::from_secs(3) => {
-                return Err(format!(
-                    "3 s after the kill, threads are still stopped or traced \
-                     (tid, state, tracer): {bad:?}"
-                ))
-            }
-            _ => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
-    let key = preload_key(key_index);
-    match get(store.addr(), &key, Duration::from_secs(5)) {
-        Ok(Some(v)) if v == preload_value(key_index) => {}
-        other => {
-            return Err(format!(
-                "GET {key} answered {:?} instead of its preloaded value",
-                other.map(|o| o.map(|v| v.chars().take(60).collect::<String>())),
-            ))
-        }
-    }
-    match get(store.addr(), "marker", Duration::from_secs(5)) {
-        Ok(Some(v)) if v == MARKER => Ok(t.elapsed()),
-        other => Err(format!("GET marker answered {other:?}")),
-    }
-}
-
 /// xorshift64*: a seeded stream of kill delays without a dependency.
 struct Rng(u64);
 impl Rng {
@@ -516,7 +364,7 @@ fn killed_dump_leaves_the_program_serving() {
     )
     .expect("start kvstore");
     let pid = store.pid();
-    put_marker(store.addr());
+    kv_put(store.addr(), MARKER, MARKER);
     let image = dir.path().join("kv.img");
     let log = dir.path().join("driver.stderr");
     let nkeys = preload_count(PRELOAD_MIB);
@@ -531,7 +379,8 @@ fn killed_dump_leaves_the_program_serving() {
         )
     });
     eprintln!("complete dump in {:?}: {said}", full.elapsed());
-    check_serving(&store, 0).unwrap_or_else(|e| panic!("after a complete dump: {e}"));
+    check_serving(store.pid(), store.addr(), 0, MARKER)
+        .unwrap_or_else(|e| panic!("after a complete dump: {e}"));
 
     let seed = std::env::var("CS_DUMP_KILL_SEED")
         .ok()
@@ -553,7 +402,7 @@ fn killed_dump_leaves_the_program_serving() {
             directed += 1;
             directed_hits += usize::from(r.hit);
         }
-        let health = check_serving(&store, (i * 7919) % nkeys);
+        let health = check_serving(pid, store.addr(), (i * 7919) % nkeys, MARKER);
         eprintln!(
             "kill {i:>2} {at}: SIGKILL at {:?} after spawn, {}{}{} -> {}",
             r.at,
@@ -633,7 +482,7 @@ fn killed_dump_leaves_the_program_serving() {
         }
         if let Err(e) = complete_dump(pid, &image, &log, Duration::from_secs(120)) {
             problems.push(format!("after all kills, a complete dump fails: {e}"));
-        } else if let Err(e) = check_serving(&store, nkeys - 1) {
+        } else if let Err(e) = check_serving(pid, store.addr(), nkeys - 1, MARKER) {
             problems.push(format!("after the final complete dump: {e}"));
         }
         // A dump removes the scratch mappings earlier (killed) drivers left.

@@ -117,6 +117,7 @@ pub fn thread(tid: u32) -> ThreadState<'static> {
             size: 32768,
         },
         restart: Restart::Restart,
+        stopped: false,
     }
 }
 

@@ -166,6 +166,7 @@ pub struct ThreadSpec {
     pub sigmask: u64,
     pub alt: (u64, u32, u64),
     pub restart: u32,
+    pub stopped: bool,
 }
 
 pub fn thread_spec(xsave_len: impl Strategy<Value = usize>) -> impl Strategy<Value = ThreadSpec> {
@@ -176,10 +177,10 @@ pub fn thread_spec(xsave_len: impl Strategy<Value = usize>) -> impl Strategy<Val
         xsave_len.prop_flat_map(|n| vec(any::<u8>(), n)),
         any::<u64>(),
         any::<(u64, u32, u64)>(),
-        1u32..=3,
+        (1u32..=3, any::<bool>()),
     )
         .prop_map(
-            |(tid, comm, regs, xsave, sigmask, alt, restart)| ThreadSpec {
+            |(tid, comm, regs, xsave, sigmask, alt, (restart, stopped))| ThreadSpec {
                 tid,
                 comm,
                 regs,
@@ -187,6 +188,7 @@ pub fn thread_spec(xsave_len: impl Strategy<Value = usize>) -> impl Strategy<Val
                 sigmask,
                 alt,
                 restart,
+                stopped,
             },
         )
 }
@@ -207,6 +209,7 @@ impl ThreadSpec {
                 size: self.alt.2,
             },
             restart: Restart::from_raw(self.restart).unwrap(),
+            stopped: self.stopped,
         }
     }
 }

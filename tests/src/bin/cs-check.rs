@@ -35,6 +35,19 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let Some((cmd, rest)) = args.split_first() else {
         bail!("{USAGE}");
     };
+    // `--help` anywhere asks for the usage; any other option the checks do not
+    // know is an error, never a file name.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let known = |a: &String| a == "--max-steps" && cmd == "kv";
+    if let Some(opt) = rest
+        .iter()
+        .find(|a| a.starts_with('-') && a.len() > 1 && !known(a))
+    {
+        bail!("unknown option {opt:?} for {cmd:?}\n{USAGE}");
+    }
     match cmd.as_str() {
         "kv" => check_kv(rest),
         "lock" => {
