@@ -106,7 +106,8 @@ fn become_user(setup: Setup) -> std::io::Result<()> {
             Ok(())
         }
     };
-    // SAFETY: plain syscalls on constants and a static array, in the forked child.
+    // SAFETY: plain syscalls on constants, a static array and live locals (the
+    // seccomp program), in the forked child.
     unsafe {
         check(libc::setgroups(GROUPS.len(), GROUPS.as_ptr()))?;
         check(libc::setresgid(GID, GID, GID))?;
