@@ -322,13 +322,37 @@ fn a_restorer_with_no_new_privs_refuses_a_program_without_it() {
 }
 
 #[test]
-fn a_program_under_seccomp_is_refused_since_filters_cannot_be_restored() {
-    fn no_limit() -> std::io::Result<()> {
-        Ok(())
-    }
-    assert_refused(
-        Setup::Seccomp,
-        no_limit,
-        "seccomp filters cannot be restored",
+fn a_program_under_seccomp_is_refused_by_dump_and_left_running() {
+    // Restore refuses seccomp (filters are not captured), so dump refuses it first
+    // and never kills such a program.
+    let dir = temp_dir("creds-seccomp");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let exe = dir.path().join("kvstore");
+    std::fs::copy(fixture_bin(GoToolchain::Go127, "kvstore"), &exe).expect("copy kvstore");
+    let store = start_as_user(&exe, Setup::Seccomp);
+    let addr = store.addr().to_string();
+    kv(&addr, "PUT still here");
+    let image = dir.path().join("kv.img");
+    let out = driver::cs(&[
+        "dump",
+        &store.pid().to_string(),
+        "-o",
+        image.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "dump of a seccomp program succeeded:\n{err}"
+    );
+    assert!(err.contains("seccomp"), "{err}");
+    assert!(!image.exists(), "an image was left");
+    assert_eq!(
+        kv(&addr, "GET still"),
+        "here",
+        "the program must still serve"
     );
 }
