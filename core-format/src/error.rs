@@ -322,6 +322,23 @@ pub enum Error {
         /// The pid.
         pid: u32,
     },
+    /// The number of Credentials frames differs from `ProcessInfo.thread_count`.
+    ValidateCredentialsCount {
+        /// `thread_count` from ProcessInfo.
+        expected: u32,
+        /// Credentials frames seen.
+        found: u32,
+    },
+    /// Credentials frames are not in strictly increasing tid order (or repeat a tid).
+    ValidateCredentialsOrder {
+        /// The tid found out of order.
+        tid: u32,
+    },
+    /// No Credentials frame has `tid == pid` (the main thread).
+    ValidateMissingMainCredentials {
+        /// The pid.
+        pid: u32,
+    },
     /// A thread's XSAVE blob differs in size from `ProcessInfo.xsave_size_bytes`.
     ValidateXsaveSize {
         /// The thread.
@@ -500,6 +517,16 @@ impl fmt::Display for Error {
             ValidateDuplicateTid { tid } => write!(f, "tid {tid} appears twice"),
             ValidateThreadOrder { tid } => write!(f, "thread {tid} is out of tid order"),
             ValidateMissingMainThread { pid } => write!(f, "no thread state for the main thread {pid}"),
+            ValidateCredentialsCount { expected, found } => write!(
+                f,
+                "ProcessInfo says {expected} threads but the epoch has {found} Credentials frames"
+            ),
+            ValidateCredentialsOrder { tid } => {
+                write!(f, "Credentials of thread {tid} repeated or out of tid order")
+            }
+            ValidateMissingMainCredentials { pid } => {
+                write!(f, "no Credentials frame for the main thread {pid}")
+            }
             ValidateXsaveSize { tid, len_bytes, expected } => write!(
                 f,
                 "thread {tid}: XSAVE blob is {len_bytes} bytes, the process's XSAVE size is {expected}"

@@ -35,7 +35,7 @@ pub const MAGIC: [u8; 4] = *b"CSYN";
 /// Major format version written and read by this build.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Minor format version written by this build; frames with a minor up to this load.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Length of the frame header in bytes.
 pub const HEADER_LEN: usize = 32;
 /// Largest payload a frame may carry: one 4 MiB page run plus its 24-byte prefix, rounded up.
@@ -97,6 +97,10 @@ pub enum FrameKind {
     EpochBegin = 7,
     /// [`crate::EpochCommit`]: closes an epoch; the epoch applies only once this verifies.
     EpochCommit = 8,
+    /// [`crate::Credentials`]: one thread's ids, groups and capabilities (minor 1).
+    Credentials = 9,
+    /// [`crate::MappedFiles`]: identity of every mapped file (minor 1).
+    MappedFiles = 10,
     /// [`crate::Hello`]: replication handshake.
     Hello = 16,
     /// [`crate::Ack`]: the backup applied an epoch.
@@ -109,7 +113,7 @@ pub enum FrameKind {
 
 impl FrameKind {
     /// Every kind, in tag order.
-    pub const ALL: [FrameKind; 12] = [
+    pub const ALL: [FrameKind; 14] = [
         FrameKind::ProcessInfo,
         FrameKind::VmaTable,
         FrameKind::PageRun,
@@ -118,6 +122,8 @@ impl FrameKind {
         FrameKind::FdTable,
         FrameKind::EpochBegin,
         FrameKind::EpochCommit,
+        FrameKind::Credentials,
+        FrameKind::MappedFiles,
         FrameKind::Hello,
         FrameKind::Ack,
         FrameKind::Heartbeat,
@@ -135,6 +141,8 @@ impl FrameKind {
             6 => FrameKind::FdTable,
             7 => FrameKind::EpochBegin,
             8 => FrameKind::EpochCommit,
+            9 => FrameKind::Credentials,
+            10 => FrameKind::MappedFiles,
             16 => FrameKind::Hello,
             17 => FrameKind::Ack,
             18 => FrameKind::Heartbeat,

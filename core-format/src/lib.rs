@@ -11,8 +11,8 @@
 //!   [`FrameHeader::parse`]`(&view)` → validated header (magic, version, header checksum,
 //!   kind, length bound); [`FrameHeader::verify_payload`]; [`FrameHeader::to_bytes`].
 //! - [`Record`]`<'a>`: one variant per [`FrameKind`] (ProcessInfo, VmaTable, PageRun,
-//!   ThreadState, SignalTable, FdTable, EpochBegin, EpochCommit, Hello, Ack, Heartbeat,
-//!   Error). [`Record::parse`]`(&header, payload)`, [`Record::buffer_len`] (whole frame),
+//!   ThreadState, SignalTable, FdTable, EpochBegin, EpochCommit, Credentials,
+//!   MappedFiles, Hello, Ack, Heartbeat, Error). [`Record::parse`]`(&header, payload)`, [`Record::buffer_len`] (whole frame),
 //!   [`Record::emit_frame`]`(&mut out) -> Result<usize>` (no allocation),
 //!   [`Record::emit_frame_header`] (same, returns the header for an [`EpochDigest`]).
 //!   Every record type also has `parse(payload)`, `buffer_len()` (payload) and
@@ -34,7 +34,8 @@
 //! # Order of use
 //!
 //! Writing an epoch: `EpochBegin`, `ProcessInfo`, `VmaTable`(s), `SignalTable`,
-//! `FdTable`, `ThreadState`s in increasing tid order, `PageRun`s in increasing address
+//! `FdTable`, `MappedFiles`, `ThreadState`s and `Credentials` (one per thread) in
+//! increasing tid order, `PageRun`s in increasing address
 //! order, then `EpochCommit` from the [`EpochDigest`] of every frame before it. Every
 //! epoch, full or delta, carries the whole non-memory state; a delta epoch's page runs
 //! carry only the pages written since the previous epoch.
@@ -49,10 +50,12 @@
 extern crate std;
 
 pub mod control;
+pub mod creds;
 pub mod encode;
 pub mod epoch;
 pub mod error;
 pub mod fd;
+pub mod files;
 pub mod header;
 pub mod page;
 pub mod process;
@@ -66,12 +69,14 @@ pub mod vma;
 mod wire;
 
 pub use control::{Ack, ErrorCode, ErrorFrame, Heartbeat, Hello, MAX_ERROR_DETAIL_BYTES};
+pub use creds::{CapSets, Credentials, Gid, IdSet, Seccomp, MAX_GROUPS};
 pub use encode::{
     max_encoded_len, EncodeProgress, PageRunEncoder, PageSource, RegionPages, StagedPages,
 };
 pub use epoch::{EpochBegin, EpochCommit, EpochDigest, EpochKind};
 pub use error::Error;
 pub use fd::{EpollRegistration, Fd, FdFlags, FdKind, FdTable, InetProtocol, PipeEnd, UnixType};
+pub use files::{HashKind, MappedFile, MappedFiles, HASH_BYTES, MAX_MAPPED_FILES};
 pub use header::{
     FrameHeader, FrameHeaderView, FrameKind, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN, MAGIC,
     MAX_FRAME_LEN, MAX_PAYLOAD_BYTES,

@@ -7,9 +7,11 @@
 //! [`crate::validate`]'s job.
 
 use crate::control::{Ack, ErrorFrame, Heartbeat, Hello};
+use crate::creds::Credentials;
 use crate::epoch::{EpochBegin, EpochCommit};
 use crate::error::Error;
 use crate::fd::FdTable;
+use crate::files::MappedFiles;
 use crate::header::{
     payload_checksum, FrameHeader, FrameHeaderView, FrameKind, HEADER_LEN, MAX_PAYLOAD_BYTES,
 };
@@ -41,6 +43,10 @@ pub enum Record<'a> {
     EpochBegin(EpochBegin),
     /// Epoch commit.
     EpochCommit(EpochCommit),
+    /// One thread's credentials.
+    Credentials(Credentials<'a>),
+    /// Identity of the mapped files.
+    MappedFiles(MappedFiles<'a>),
     /// Replication handshake.
     Hello(Hello),
     /// Epoch applied.
@@ -62,6 +68,8 @@ macro_rules! each_record {
             Record::FdTable($r) => $e,
             Record::EpochBegin($r) => $e,
             Record::EpochCommit($r) => $e,
+            Record::Credentials($r) => $e,
+            Record::MappedFiles($r) => $e,
             Record::Hello($r) => $e,
             Record::Ack($r) => $e,
             Record::Heartbeat($r) => $e,
@@ -95,6 +103,8 @@ impl<'a> Record<'a> {
             FrameKind::FdTable => Record::FdTable(FdTable::parse(payload)?),
             FrameKind::EpochBegin => Record::EpochBegin(EpochBegin::parse(payload)?),
             FrameKind::EpochCommit => Record::EpochCommit(EpochCommit::parse(payload)?),
+            FrameKind::Credentials => Record::Credentials(Credentials::parse(payload)?),
+            FrameKind::MappedFiles => Record::MappedFiles(MappedFiles::parse(payload)?),
             FrameKind::Hello => Record::Hello(Hello::parse(payload)?),
             FrameKind::Ack => Record::Ack(Ack::parse(payload)?),
             FrameKind::Heartbeat => Record::Heartbeat(Heartbeat::parse(payload)?),
@@ -113,6 +123,8 @@ impl<'a> Record<'a> {
             Record::FdTable(_) => FrameKind::FdTable,
             Record::EpochBegin(_) => FrameKind::EpochBegin,
             Record::EpochCommit(_) => FrameKind::EpochCommit,
+            Record::Credentials(_) => FrameKind::Credentials,
+            Record::MappedFiles(_) => FrameKind::MappedFiles,
             Record::Hello(_) => FrameKind::Hello,
             Record::Ack(_) => FrameKind::Ack,
             Record::Heartbeat(_) => FrameKind::Heartbeat,

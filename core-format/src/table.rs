@@ -95,6 +95,16 @@ impl<'a, T: TableEntry<'a>> Table<'a, T> {
         max_count: u32,
     ) -> Result<Self, Error> {
         let count = r.u32()?;
+        Self::parse_counted(r, field, count, max_count)
+    }
+
+    /// Reads `count` entries (the count was read elsewhere), at most `max_count`.
+    pub(crate) fn parse_counted(
+        r: &mut Reader<'a>,
+        field: &'static str,
+        count: u32,
+        max_count: u32,
+    ) -> Result<Self, Error> {
         if count > max_count {
             return Err(Error::RecordOverCapacity {
                 field,

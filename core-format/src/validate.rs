@@ -18,7 +18,10 @@
 //!    (`tid == pid`); their number equals `ProcessInfo.thread_count`.
 //! 6. Exactly one SignalTable (SIGKILL and SIGSTOP at SIG_DFL) and one FdTable (fds in
 //!    increasing order, none of kind `Other`).
-//! 7. EpochCommit: same epoch number as EpochBegin, `frame_count` and `digest` equal to
+//! 7. Exactly one MappedFiles (its paths ordered: checked when parsing). Credentials
+//!    frames in strictly increasing tid order, one of them for the main thread, as
+//!    many as `ProcessInfo.thread_count` (format minor 1).
+//! 8. EpochCommit: same epoch number as EpochBegin, `frame_count` and `digest` equal to
 //!    those of the frames before it ([`crate::EpochDigest`]).
 //!
 //! Only after [`CheckpointValidator::finish`] accepts may the epoch be applied.
@@ -94,6 +97,10 @@ pub struct CheckpointValidator<S> {
     seen_vma_table: bool,
     seen_signal_table: bool,
     seen_fd_table: bool,
+    seen_mapped_files: bool,
+    creds: u32,
+    last_creds_tid: Option<u32>,
+    main_creds_seen: bool,
     page_runs: u32,
     pages: u64,
     last_run_end: Option<u64>,
@@ -116,6 +123,10 @@ impl<S: AsRef<[VmaRange]> + AsMut<[VmaRange]>> CheckpointValidator<S> {
             seen_vma_table: false,
             seen_signal_table: false,
             seen_fd_table: false,
+            seen_mapped_files: false,
+            creds: 0,
+            last_creds_tid: None,
+            main_creds_seen: false,
             page_runs: 0,
             pages: 0,
             last_run_end: None,
@@ -164,6 +175,13 @@ impl<S: AsRef<[VmaRange]> + AsMut<[VmaRange]>> CheckpointValidator<S> {
                 Record::ThreadState(t) => self.thread(t)?,
                 Record::SignalTable(t) => self.signal_table(t)?,
                 Record::FdTable(t) => self.fd_table(t)?,
+                Record::Credentials(c) => self.credentials(c)?,
+                Record::MappedFiles(_) => {
+                    if self.seen_mapped_files {
+                        return Err(Error::ValidateDuplicateRecord { kind });
+                    }
+                    self.seen_mapped_files = true;
+                }
                 Record::EpochCommit(c) => {
                     self.commit(c)?;
                     self.phase = Phase::Committed;
@@ -322,6 +340,18 @@ impl<S: AsRef<[VmaRange]> + AsMut<[VmaRange]>> CheckpointValidator<S> {
         Ok(())
     }
 
+    fn credentials(&mut self, c: &crate::Credentials<'_>) -> Result<(), Error> {
+        if self.last_creds_tid.is_some_and(|last| c.tid <= last) {
+            return Err(Error::ValidateCredentialsOrder { tid: c.tid });
+        }
+        self.last_creds_tid = Some(c.tid);
+        if self.proc_facts.is_some_and(|p| p.pid == c.tid) {
+            self.main_creds_seen = true;
+        }
+        self.creds += 1;
+        Ok(())
+    }
+
     fn signal_table(&mut self, t: &SignalTable<'_>) -> Result<(), Error> {
         if self.seen_signal_table {
             return Err(Error::ValidateDuplicateRecord {
@@ -369,6 +399,7 @@ impl<S: AsRef<[VmaRange]> + AsMut<[VmaRange]>> CheckpointValidator<S> {
             (self.seen_vma_table, FrameKind::VmaTable),
             (self.seen_signal_table, FrameKind::SignalTable),
             (self.seen_fd_table, FrameKind::FdTable),
+            (self.seen_mapped_files, FrameKind::MappedFiles),
         ] {
             if !seen {
                 return Err(Error::ValidateMissingRecord { kind });
@@ -383,6 +414,15 @@ impl<S: AsRef<[VmaRange]> + AsMut<[VmaRange]>> CheckpointValidator<S> {
             }
             if !self.main_thread_seen {
                 return Err(Error::ValidateMissingMainThread { pid: p.pid });
+            }
+            if self.creds != p.thread_count {
+                return Err(Error::ValidateCredentialsCount {
+                    expected: p.thread_count,
+                    found: self.creds,
+                });
+            }
+            if !self.main_creds_seen {
+                return Err(Error::ValidateMissingMainCredentials { pid: p.pid });
             }
         }
         if c.frame_count != self.digest.frame_count() {

@@ -72,7 +72,7 @@ fn golden_header_layout_by_hand() {
     let bytes = common::frame_bytes(&Record::Ack(Ack { epoch: 7 }));
     assert_eq!(&bytes[0..4], b"CSYN");
     assert_eq!(&bytes[4..6], &[1, 0]); // major 1
-    assert_eq!(&bytes[6..8], &[0, 0]); // minor 0
+    assert_eq!(&bytes[6..8], &[1, 0]); // minor 1
     assert_eq!(&bytes[8..10], &[17, 0]); // kind Ack
     assert_eq!(&bytes[10..12], &[0, 0]); // flags
     assert_eq!(&bytes[12..16], &[8, 0, 0, 0]); // payload length

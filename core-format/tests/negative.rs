@@ -42,6 +42,9 @@ fn valid<'a>(vmas: &'a [Vma<'a>], fds: &'a [Fd<'a>]) -> Vec<Record<'a>> {
         Record::FdTable(FdTable::new(fds)),
         Record::ThreadState(common::thread(100)),
         Record::ThreadState(common::thread(101)),
+        Record::MappedFiles(MappedFiles::new(&common::MAPPED)),
+        Record::Credentials(common::credentials(100)),
+        Record::Credentials(common::credentials(101)),
         Record::PageRun(PageRun::raw(0x402000, &common::PAGE_A).unwrap()),
         Record::PageRun(PageRun::zero(0x403000, 3).unwrap()),
     ]
@@ -125,7 +128,7 @@ fn every_error_variant_has_a_negative_case() {
     b[4] = 2;
     neg!(HeaderUnsupportedMajor, parse(&b));
     let mut b = ack();
-    b[6] = 1;
+    b[6] = 2;
     reseal_header(&mut b);
     neg!(HeaderNewerMinor, parse(&b));
     let mut b = ack();
@@ -411,7 +414,7 @@ fn every_error_variant_has_a_negative_case() {
     v.push(Record::VmaTable(VmaTable::new(&vmas[3..])));
     neg!(ValidateVmaAfterPageRun, plain(&v));
     let mut v = ok.clone();
-    v.swap(7, 8);
+    v.swap(10, 11);
     neg!(ValidatePageRunOrder, plain(&v));
     let mut v = ok.clone();
     v.push(Record::PageRun(PageRun::zero(0x7ffff000, 2).unwrap())); // crosses the stack end
@@ -442,6 +445,34 @@ fn every_error_variant_has_a_negative_case() {
         ValidateMissingMainThread,
         plain(&with(ok.clone(), 1, Record::ProcessInfo(info)))
     );
+    let mut v = ok.clone();
+    v.remove(9);
+    neg!(ValidateCredentialsCount, plain(&v));
+    let mut v = ok.clone();
+    v.swap(8, 9);
+    neg!(ValidateCredentialsOrder, plain(&v));
+    neg!(
+        ValidateCredentialsOrder,
+        plain(&with(
+            ok.clone(),
+            9,
+            Record::Credentials(common::credentials(100))
+        ))
+    );
+    neg!(
+        ValidateMissingMainCredentials,
+        plain(&with(
+            ok.clone(),
+            8,
+            Record::Credentials(common::credentials(99))
+        ))
+    );
+    let mut v = ok.clone();
+    v.remove(7);
+    neg!(ValidateMissingRecord, plain(&v));
+    let mut v = ok.clone();
+    v.insert(8, Record::MappedFiles(MappedFiles::new(&common::MAPPED)));
+    neg!(ValidateDuplicateRecord, plain(&v));
     let big = [0u8; 640];
     let mut t = common::thread(101);
     t.xsave = &big;
@@ -503,10 +534,94 @@ fn header_view_accessors_never_panic_after_new_checked() {
 
 #[test]
 fn a_newer_minor_is_refused_but_an_older_or_equal_one_loads() {
-    // This build is 1.0, so "older or equal" is only 1.0 itself today.
-    assert!(parse(&ack()).is_ok());
+    // This build is 1.1: frames of 1.0 and 1.1 load, 1.2 does not.
     assert_eq!(FORMAT_MAJOR, 1);
-    assert_eq!(FORMAT_MINOR, 0);
+    assert_eq!(FORMAT_MINOR, 1);
+    assert!(parse(&ack()).is_ok());
+    let mut b = ack();
+    b[6] = 0;
+    reseal_header(&mut b);
+    assert!(parse(&b).is_ok());
+    b[6] = 2;
+    reseal_header(&mut b);
+    assert!(matches!(
+        parse(&b),
+        Err(Error::HeaderNewerMinor {
+            found: 2,
+            supported: 1
+        })
+    ));
+}
+
+#[test]
+fn credentials_and_mapped_files_refuse_bad_values() {
+    let payload = |r: &Record<'_>| common::frame_bytes(r)[HEADER_LEN..].to_vec();
+    let bad = |kind: FrameKind, p: &[u8]| Record::parse_payload(kind, p).unwrap_err();
+    let ok = payload(&Record::Credentials(common::credentials(100)));
+    assert!(Record::parse_payload(FrameKind::Credentials, &ok).is_ok());
+    // Effective (offset 64) outside permitted (56).
+    let mut p = ok.clone();
+    p[64] |= 1;
+    assert!(matches!(
+        bad(FrameKind::Credentials, &p),
+        Error::RecordBadValue { .. }
+    ));
+    // Ambient (80) outside inheritable (48).
+    let mut p = ok.clone();
+    p[80] |= 2;
+    assert!(matches!(
+        bad(FrameKind::Credentials, &p),
+        Error::RecordBadValue { .. }
+    ));
+    // Undefined securebits, seccomp tag 0, dumpable 3, reserved byte, bool 2.
+    let mut p = ok.clone();
+    p[37] = 0x10;
+    assert!(matches!(
+        bad(FrameKind::Credentials, &p),
+        Error::RecordUnknownBits { .. }
+    ));
+    for (at, v) in [(41, 0u8), (41, 4), (42, 3), (43, 1), (40, 2)] {
+        let mut p = ok.clone();
+        p[at] = v;
+        assert!(
+            Record::parse_payload(FrameKind::Credentials, &p).is_err(),
+            "{at}={v}"
+        );
+    }
+    // A huge group count is refused before anything is read for it.
+    let mut p = ok.clone();
+    p[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        bad(FrameKind::Credentials, &p),
+        Error::RecordOverCapacity { .. }
+    ));
+    let mut p = ok.clone();
+    p[44..48].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(matches!(
+        bad(FrameKind::Credentials, &p),
+        Error::RecordTruncated { .. }
+    ));
+
+    let ok = payload(&Record::MappedFiles(MappedFiles::new(&common::MAPPED)));
+    assert!(Record::parse_payload(FrameKind::MappedFiles, &ok).is_ok());
+    // Entry 0 starts at 4: hash kind at 4+36, path length at 4+38, hash at 4+40.
+    for (at, v) in [
+        (40usize, 0u8),
+        (40, 3),
+        (42, 0),
+        (4 + 40 + 20, 1),
+        (4 + 35, 0x40),
+    ] {
+        let mut p = ok.clone();
+        p[at] = v;
+        assert!(
+            Record::parse_payload(FrameKind::MappedFiles, &p).is_err(),
+            "{at}={v}"
+        );
+    }
+    // Paths out of order.
+    let rev = [common::MAPPED[1], common::MAPPED[0]];
+    assert!(MappedFiles::new(&rev).emit(&mut [0u8; 512]).is_err());
 }
 
 #[test]
@@ -514,7 +629,7 @@ fn a_page_run_may_span_adjacent_vmas() {
     let vmas = common::sorted_vmas();
     let fds = common::fds();
     let mut v = valid(&vmas, &fds);
-    v.truncate(7);
+    v.truncate(10);
     let two = [7u8; 2 * PAGE_SIZE];
     // 0x401000..0x403000 crosses from the file mapping into the anonymous one.
     v.push(Record::PageRun(PageRun::raw(0x401000, &two).unwrap()));

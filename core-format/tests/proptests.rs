@@ -62,6 +62,17 @@ proptest! {
     }
 
     #[test]
+    fn credentials_round_trip(spec in creds_spec()) {
+        round_trip(&Record::Credentials(spec.build()));
+    }
+
+    #[test]
+    fn mapped_files_round_trip(specs in mapped_files(12)) {
+        let files: Vec<MappedFile<'_>> = specs.iter().map(MappedFileSpec::build).collect();
+        round_trip(&Record::MappedFiles(MappedFiles::new(&files)));
+    }
+
+    #[test]
     fn page_run_round_trips(spec in run_spec()) {
         round_trip(&Record::PageRun(spec.build()));
     }
@@ -266,7 +277,16 @@ fn build_epoch(
     fd_specs: &[FdSpec],
     actions: &[SigAction; NUM_SIGNALS],
     pick_seed: u64,
+    (creds, file_specs): &IdentitySpecs,
 ) -> Vec<u8> {
+    let files: Vec<MappedFile<'_>> = file_specs.iter().map(MappedFileSpec::build).collect();
+    let creds: Vec<Credentials<'_>> = threads
+        .iter()
+        .map(|t| Credentials {
+            tid: t.tid,
+            ..creds.build()
+        })
+        .collect();
     let vmas: Vec<Vma<'_>> = vma_specs.iter().map(VmaSpec::build).collect();
     let fds: Vec<Fd<'_>> = fd_specs.iter().map(FdSpec::build).collect();
     let thread_states: Vec<ThreadState<'_>> = threads.iter().map(ThreadSpec::build).collect();
@@ -319,6 +339,8 @@ fn build_epoch(
     records.push(Record::FdTable(FdTable::new(&fds)));
     records.extend(thread_states.iter().map(|t| Record::ThreadState(*t)));
     records.push(Record::SignalTable(SignalTable::new(actions)));
+    records.push(Record::MappedFiles(MappedFiles::new(&files)));
+    records.extend(creds.iter().map(|c| Record::Credentials(*c)));
 
     let mut out = Vec::new();
     let mut digest = EpochDigest::new();
@@ -339,6 +361,9 @@ fn build_epoch(
     out
 }
 
+/// The credentials (one set, given to every thread) and mapped files of an epoch.
+type IdentitySpecs = (CredsSpec, Vec<MappedFileSpec>);
+
 fn epoch_parts() -> impl Strategy<
     Value = (
         Vec<VmaSpec>,
@@ -346,6 +371,7 @@ fn epoch_parts() -> impl Strategy<
         Vec<FdSpec>,
         [SigAction; NUM_SIGNALS],
         u64,
+        IdentitySpecs,
     ),
 > {
     (
@@ -354,8 +380,9 @@ fn epoch_parts() -> impl Strategy<
         prop::collection::vec(fd_spec(), 0..6),
         sigactions(),
         any::<u64>(),
+        (creds_spec(), mapped_files(4)),
     )
-        .prop_map(|(vmas, mut threads, mut fds, mut actions, seed)| {
+        .prop_map(|(vmas, mut threads, mut fds, mut actions, seed, ids)| {
             // Make the parts valid: increasing unique tids, one XSAVE size, increasing
             // fds of restorable kinds, SIGKILL/SIGSTOP at SIG_DFL.
             let xs = threads[0].xsave.len();
@@ -371,7 +398,7 @@ fn epoch_parts() -> impl Strategy<
             }
             actions[8].handler = 0;
             actions[18].handler = 0;
-            (vmas, threads, fds, actions, seed)
+            (vmas, threads, fds, actions, seed, ids)
         })
 }
 
@@ -411,11 +438,11 @@ proptest! {
 
     #[test]
     fn whole_epochs_round_trip_and_validate(
-        (vmas, threads, fds, actions, seed) in epoch_parts(),
+        (vmas, threads, fds, actions, seed, ids) in epoch_parts(),
         epoch in 1u64..1000,
         sizes in prop::collection::vec(1usize..5000, 1..8),
     ) {
-        let stream = build_epoch(epoch, &vmas, &threads, &fds, &actions, seed);
+        let stream = build_epoch(epoch, &vmas, &threads, &fds, &actions, seed, &ids);
         // Every frame re-encodes to its own bytes, so the stream is reproduced exactly.
         let whole = frames_of(&stream);
         prop_assert_eq!(whole.concat(), stream.clone());

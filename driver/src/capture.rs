@@ -42,6 +42,8 @@ pub struct ThreadCapture {
     pub xsave: Vec<u8>,
     pub sigmask: u64,
     pub altstack: (u64, u32, u64),
+    /// Ids, groups, capabilities, securebits, no_new_privs, seccomp (and dumpable).
+    pub creds: crate::creds::ThreadCreds,
 }
 
 /// What a mapping is backed by.
@@ -171,6 +173,8 @@ pub struct Capture {
     pub times: CaptureTimes,
     /// Why the pre-copy was not used, when it was asked for and could not be.
     pub precopy_note: Option<String>,
+    /// Identity of every mapped file (read before the freeze, see [`crate::identity`]).
+    pub mapped_files: Vec<crate::identity::FileIdentity>,
     /// The program was in a job-control stop (SIGSTOP): it is restored stopped.
     pub stopped: bool,
 }
@@ -344,6 +348,7 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
     let smaps_before = procfs::read_maps(pid)?;
     // What restore would refuse is refused now, before the program is touched.
     crate::refuse::before_freeze(pid, pidfd.as_raw_fd(), &smaps_before)?;
+    let mapped_files = crate::identity::read_mapped(pid, &smaps_before)?;
     let rss_bytes: u64 = smaps_before
         .iter()
         .filter(|m| m.read && !m.shared && !m.has_flag("dp") && !m.name.starts_with("[v"))
@@ -443,6 +448,7 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
 
     let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
     crate::cancel::check("after the capture")?;
+    let mapped_files = crate::identity::complete(mapped_files, &vmas);
     let c = Capture {
         host_pid: pid,
         pid: ns_pid,
@@ -466,6 +472,7 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
         kernel_release,
         times,
         precopy_note,
+        mapped_files,
         stopped,
     };
     // The program may have opened something since the first check: the capture
@@ -501,6 +508,7 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
         xsave,
         sigmask,
         altstack: (0, 0, 0),
+        creds: crate::creds::ThreadCreds::from_status(&st),
     })
 }
 
@@ -611,6 +619,10 @@ fn inject_queries(
             sys::read_remote(pid, &mut buf, &[(uc_stack, 24)]).map_err(mem_err(uc_stack, 24))?;
             let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
             th.altstack = (w(0), w(8) as u32, w(16));
+            let (sb, dumpable) =
+                crate::creds::query_thread(&safe, th.host_tid, &regs, rsp, i == 0)?;
+            th.creds.securebits = sb;
+            th.creds.dumpable = dumpable.unwrap_or(1);
             frames.push(rsp);
         }
         let mut acts = vec![SigAction::default(); 64];

@@ -1,7 +1,8 @@
 //! The checkpoint image file: one full epoch of core-format frames.
 //!
 //! Order written (and required by the stub): EpochBegin, ProcessInfo, VmaTable,
-//! SignalTable, FdTable, ThreadState × n, PageRun × m, EpochCommit. Page runs are
+//! SignalTable, FdTable, ThreadState × n, MappedFiles, Credentials × n, PageRun × m,
+//! EpochCommit. Page runs are
 //! stored raw or as zero runs, so the stub can `pread` page data straight into place.
 //!
 //! Reading maps the file and checks every frame (header and payload checksums, page
@@ -17,7 +18,9 @@ use std::path::Path;
 use core_format as cf;
 
 use crate::capture::{Capture, Rlimit, SigAction, VmaCapture, VmaKind, PROT_R, PROT_W, PROT_X};
+use crate::creds::ThreadCreds;
 use crate::fds::{FdCapture, FdKind, SockFamily};
+use crate::identity::FileIdentity;
 use crate::inject::Restart;
 use crate::procfs::{EpollEntry, MmLayout};
 use crate::restore::RestorePlan;
@@ -668,6 +671,7 @@ fn encode_with<W: Write + ?Sized>(
         };
         put(cf::Record::ThreadState(ts), w, &mut digest, &mut stats)?;
     }
+    put_identity(c, &mut put, w, &mut digest, &mut stats)?;
     // Pages: addresses in order; each span says where its bytes sit in the
     // staging buffer (the pre-copy leaves them out of address order).
     let mut addrs = Vec::with_capacity(c.npages() as usize);
@@ -936,6 +940,8 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
         mm: MmLayout::default(),
         auxv: Vec::new(),
         runs: Vec::new(),
+        files: Vec::new(),
+        creds: Vec::new(),
         stopped: false,
     };
     let mut s = ImageSummary {
@@ -1087,6 +1093,8 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
                 s.full = b.kind == cf::EpochKind::Full;
             }
             cf::Record::EpochCommit(_) => committed = true,
+            cf::Record::MappedFiles(t) => plan.files = files_from(t),
+            cf::Record::Credentials(c) => plan.creds.push((c.tid as i32, creds_from(c))),
             _ => {}
         }
         off += len;
@@ -1339,5 +1347,127 @@ fn fd_from(f: &cf::Fd<'_>) -> FdCapture {
         cloexec: f.fd_flags.bits() & 1 != 0,
         status_flags: f.status_flags,
         kind,
+    }
+}
+
+/// The MappedFiles frame and one Credentials frame per thread (format 1.1).
+type PutFrame<'p, W> = dyn FnMut(cf::Record<'_>, &mut W, &mut cf::EpochDigest, &mut WriteStats) -> Result<(), ImageError>
+    + 'p;
+
+fn put_identity<W: Write + ?Sized>(
+    c: &Capture,
+    put: &mut PutFrame<'_, W>,
+    w: &mut W,
+    digest: &mut cf::EpochDigest,
+    stats: &mut WriteStats,
+) -> Result<(), ImageError> {
+    let files: Vec<cf::MappedFile<'_>> = c
+        .mapped_files
+        .iter()
+        .map(|f| {
+            let mut hash = [0u8; cf::HASH_BYTES];
+            let hash_kind = match f.hash {
+                Some(h) => {
+                    hash[..16].copy_from_slice(&h);
+                    cf::HashKind::Xxh3_128
+                }
+                None => cf::HashKind::None,
+            };
+            cf::MappedFile {
+                path: &f.path,
+                dev: f.dev,
+                ino: f.ino,
+                size: f.size,
+                mtime_sec: f.mtime_sec,
+                mtime_nsec: f.mtime_nsec,
+                hash_kind,
+                hash,
+            }
+        })
+        .collect();
+    put(
+        cf::Record::MappedFiles(cf::MappedFiles::new(&files)),
+        w,
+        digest,
+        stats,
+    )?;
+    // dumpable is the process's (asked once, of the first thread).
+    let dumpable = c.threads.first().map_or(1, |t| t.creds.dumpable);
+    for t in &c.threads {
+        let k = &t.creds;
+        let groups: Vec<cf::Gid> = k.groups.iter().map(|&g| cf::Gid(g)).collect();
+        let ids = |v: [u32; 4]| cf::IdSet {
+            real: v[0],
+            effective: v[1],
+            saved: v[2],
+            fs: v[3],
+        };
+        let rec = cf::Credentials {
+            tid: t.tid as u32,
+            uids: ids(k.uids),
+            gids: ids(k.gids),
+            securebits: k.securebits,
+            no_new_privs: k.no_new_privs,
+            seccomp: match k.seccomp {
+                0 => cf::Seccomp::Disabled,
+                1 => cf::Seccomp::Strict,
+                _ => cf::Seccomp::Filter,
+            },
+            dumpable,
+            caps: cf::CapSets {
+                inheritable: k.caps[0],
+                permitted: k.caps[1],
+                effective: k.caps[2],
+                bounding: k.caps[3],
+                ambient: k.caps[4],
+            },
+            groups: cf::Table::from_slice(&groups),
+        };
+        put(cf::Record::Credentials(rec), w, digest, stats)?;
+    }
+    Ok(())
+}
+
+fn files_from(t: &cf::MappedFiles<'_>) -> Vec<FileIdentity> {
+    t.files
+        .iter()
+        .map(|f| FileIdentity {
+            path: f.path.to_vec(),
+            dev: f.dev,
+            ino: f.ino,
+            size: f.size,
+            mtime_sec: f.mtime_sec,
+            mtime_nsec: f.mtime_nsec,
+            hash: match f.hash_kind {
+                cf::HashKind::Xxh3_128 => {
+                    let mut h = [0u8; 16];
+                    h.copy_from_slice(&f.hash[..16]);
+                    Some(h)
+                }
+                cf::HashKind::None => None,
+            },
+        })
+        .collect()
+}
+
+fn creds_from(c: &cf::Credentials<'_>) -> ThreadCreds {
+    let ids = |v: cf::IdSet| [v.real, v.effective, v.saved, v.fs];
+    let mut groups: Vec<u32> = c.groups.iter().map(|g| g.0).collect();
+    groups.sort_unstable();
+    ThreadCreds {
+        uids: ids(c.uids),
+        gids: ids(c.gids),
+        groups,
+        caps: [
+            c.caps.inheritable,
+            c.caps.permitted,
+            c.caps.effective,
+            c.caps.bounding,
+            c.caps.ambient,
+        ],
+        securebits: c.securebits,
+        no_new_privs: c.no_new_privs,
+        seccomp: c.seccomp.proc_value(),
+        dumpable: c.dumpable,
     }
 }

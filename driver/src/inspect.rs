@@ -136,6 +136,60 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
             regs.rsp
         );
     }
+    // Credentials: one line per distinct set (Go keeps them alike in every thread).
+    let mut sets: Vec<(&crate::creds::ThreadCreds, Vec<i32>)> = Vec::new();
+    for (tid, c) in &p.creds {
+        match sets.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, tids)) => tids.push(*tid),
+            None => sets.push((c, vec![*tid])),
+        }
+    }
+    for (c, tids) in &sets {
+        let who = if sets.len() == 1 {
+            "all threads".to_string()
+        } else {
+            format!("threads {tids:?}")
+        };
+        let _ = writeln!(
+            o,
+            "credentials ({who}): uid {:?} gid {:?} groups {:?}; caps inh {:#x} prm {:#x} eff {:#x} bnd {:#x} amb {:#x}; securebits {:#x}, no_new_privs {}, seccomp {}, dumpable {}",
+            c.uids,
+            c.gids,
+            c.groups,
+            c.caps[0],
+            c.caps[1],
+            c.caps[2],
+            c.caps[3],
+            c.caps[4],
+            c.securebits,
+            u8::from(c.no_new_privs),
+            c.seccomp,
+            c.dumpable
+        );
+    }
+    let _ = writeln!(o, "mapped files: {}", p.files.len());
+    for f in &p.files {
+        let _ = writeln!(
+            o,
+            "  {} dev {:#x} inode {} {} B mtime {}.{:09}{}",
+            String::from_utf8_lossy(&f.path),
+            f.dev,
+            f.ino,
+            f.size,
+            f.mtime_sec,
+            f.mtime_nsec,
+            match f.hash {
+                Some(h) => format!(
+                    " xxh3-128 {}",
+                    h.iter()
+                        .rev()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                ),
+                None => String::new(),
+            }
+        );
+    }
     let mapped: u64 = p.vmas.iter().map(|v| v.end - v.start).sum();
     let reserved: u64 = p
         .vmas

@@ -9,9 +9,11 @@
 pub mod cancel;
 pub mod capture;
 pub mod chain;
+pub mod creds;
 pub mod error;
 pub mod fds;
 pub mod freeze;
+pub mod identity;
 pub mod image;
 pub mod inject;
 pub mod inspect;

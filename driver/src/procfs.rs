@@ -209,6 +209,16 @@ pub struct Status {
     pub umask: u32,
     /// NSpid: the pid in each nested namespace, outermost first.
     pub ns_pid: Vec<i32>,
+    /// Uid / Gid: real, effective, saved, filesystem.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    /// Supplementary groups (Groups), in the kernel's (sorted) order.
+    pub groups: Vec<u32>,
+    /// CapInh, CapPrm, CapEff, CapBnd, CapAmb.
+    pub caps: [u64; 5],
+    pub no_new_privs: bool,
+    /// Seccomp mode as shown (0 none, 1 strict, 2 filter).
+    pub seccomp: u32,
 }
 
 pub fn read_status(pid: i32) -> Result<Status, CaptureError> {
@@ -218,6 +228,11 @@ pub fn read_status(pid: i32) -> Result<Status, CaptureError> {
 /// `/proc/PID/task/TID/status`.
 pub fn read_status_task(pid: i32, tid: i32) -> Result<Status, CaptureError> {
     parse_status_file(&format!("/proc/{pid}/task/{tid}/status"))
+}
+
+/// A status file by path (`/proc/thread-self/status`).
+pub fn read_status_path(path: &str) -> Result<Status, CaptureError> {
+    parse_status_file(path)
 }
 
 fn parse_status_file(path: &str) -> Result<Status, CaptureError> {
@@ -234,6 +249,31 @@ fn parse_status_file(path: &str) -> Result<Status, CaptureError> {
             "SigCgt" => st.sig_cgt = hex()?,
             "SigIgn" => st.sig_ign = hex()?,
             "Umask" => st.umask = u32::from_str_radix(v, 8).map_err(|_| bad(&path, i + 1, k))?,
+            "Uid" | "Gid" => {
+                let ids: Vec<u32> = v
+                    .split_whitespace()
+                    .map(|s| s.parse().map_err(|_| bad(&path, i + 1, k)))
+                    .collect::<Result<_, _>>()?;
+                let ids: [u32; 4] = ids.try_into().map_err(|_| bad(&path, i + 1, k))?;
+                if k == "Uid" {
+                    st.uids = ids;
+                } else {
+                    st.gids = ids;
+                }
+            }
+            "Groups" => {
+                st.groups = v
+                    .split_whitespace()
+                    .map(|s| s.parse().map_err(|_| bad(&path, i + 1, k)))
+                    .collect::<Result<_, _>>()?
+            }
+            "CapInh" => st.caps[0] = hex()?,
+            "CapPrm" => st.caps[1] = hex()?,
+            "CapEff" => st.caps[2] = hex()?,
+            "CapBnd" => st.caps[3] = hex()?,
+            "CapAmb" => st.caps[4] = hex()?,
+            "NoNewPrivs" => st.no_new_privs = v == "1",
+            "Seccomp" => st.seccomp = v.parse().map_err(|_| bad(&path, i + 1, k))?,
             "NSpid" => {
                 st.ns_pid = v
                     .split_whitespace()

@@ -89,6 +89,19 @@ fn mapping_items(maps: &[MapEntry]) -> Vec<String> {
     items
 }
 
+/// Threads under seccomp: filters are not captured, so restore refuses them
+/// (docs/credentials.md).
+fn seccomp_items(threads: impl Iterator<Item = (i32, u32)>) -> Vec<String> {
+    threads
+        .filter(|(_, mode)| *mode != 0)
+        .map(|(tid, mode)| {
+            format!(
+                "thread {tid} runs under seccomp (mode {mode}): restore cannot give filters back"
+            )
+        })
+        .collect()
+}
+
 fn refusal(pid: i32, items: Vec<String>) -> Result<(), CaptureError> {
     if items.is_empty() {
         Ok(())
@@ -107,7 +120,12 @@ pub fn before_freeze(pid: i32, pidfd: RawFd, maps: &[MapEntry]) -> Result<(), Ca
         .collect();
     items.extend(unrestorable_fds(pid, &fds::capture_fds(pid, pidfd)?));
     items.extend(mapping_items(maps));
-    let threads = crate::procfs::list_tids(pid)?.len();
+    let tids = crate::procfs::list_tids(pid)?;
+    items.extend(seccomp_items(tids.iter().map(|&t| {
+        let mode = crate::procfs::read_status_task(pid, t).map_or(0, |s| s.seccomp);
+        (t, mode)
+    })));
+    let threads = tids.len();
     if threads > restore_stub::MAX_THREADS {
         items.push(format!(
             "{threads} threads: the restore stub handles at most {}",
@@ -146,6 +164,9 @@ pub fn captured(c: &Capture) -> Result<(), CaptureError> {
             }
         }
     }
+    items.extend(seccomp_items(
+        c.threads.iter().map(|t| (t.host_tid, t.creds.seccomp)),
+    ));
     let kids = children(c.host_pid);
     items.extend(
         kids.into_iter()

@@ -56,6 +56,10 @@ pub struct RestorePlan {
     pub auxv: Vec<u8>,
     /// Raw page runs: (address, byte offset of the data in the image, length).
     pub runs: Vec<(u64, u64, usize)>,
+    /// Identity of every mapped file, as recorded at the dump.
+    pub files: Vec<crate::identity::FileIdentity>,
+    /// Every thread's credentials, by the tid the program sees.
+    pub creds: Vec<(i32, crate::creds::ThreadCreds)>,
     /// Restored in a job-control stop (it was SIGSTOPped at the dump).
     pub stopped: bool,
 }
@@ -98,6 +102,10 @@ pub enum RestoreError {
         start: u64,
         source: std::io::Error,
     },
+    #[error("{path} is not the file the program had mapped at the checkpoint: {detail}; refusing to restore")]
+    FileChanged { path: String, detail: String },
+    #[error("cannot give the program its credentials back: {0}; refusing to restore")]
+    Credentials(String),
     #[error("cannot find the restore stub at {path}: {source}")]
     Stub {
         path: PathBuf,
@@ -188,7 +196,12 @@ pub fn check_privileges() -> Result<(), RestoreError> {
 /// Checks that the image can be restored on this machine, without side effects.
 pub fn precheck(plan: &RestorePlan) -> Result<(), RestoreError> {
     check_cpu(plan)?;
-    precheck_layout(plan)
+    precheck_layout(plan)?;
+    crate::identity::check_all(&plan.files, &plan.vmas).map_err(|m| RestoreError::FileChanged {
+        path: m.path,
+        detail: m.detail,
+    })?;
+    crate::creds::precheck(&plan.creds).map_err(RestoreError::Credentials)
 }
 
 /// The image's XSAVE layout (size and XCR0) must be this machine's.
@@ -1344,6 +1357,7 @@ fn finish_threads(
         gadget: report.gadget,
     };
     let mut main_regs = None;
+    let mut stopped = Vec::new();
     for (i, (inner, rsp)) in report.threads().enumerate() {
         let t = *by_inner
             .get(&(inner as i32))
@@ -1359,6 +1373,11 @@ fn finish_threads(
         if i == 0 {
             main_regs = Some((t, after));
         }
+        stopped.push(crate::creds::Stopped {
+            host_tid: t,
+            tid: inner as i32,
+            regs: after,
+        });
     }
     let (main, regs) = main_regs.ok_or(CaptureError::ProcessGone { pid: host_pid })?;
     let len = report.stub_end - report.stub_start;
@@ -1376,6 +1395,14 @@ fn finish_threads(
             eprintln!("cs-driver: warning: /proc/{host_pid}/exe still names the restore stub: {e}");
         }
     }
+    // After the steps that need privileges (they may be dropped here), before
+    // the stop below (injected syscalls would take it).
+    let vdso = plan
+        .vmas
+        .iter()
+        .find(|v| v.kind == VmaKind::Vdso)
+        .map(|v| (v.start, v.end));
+    crate::creds::apply(host_pid, &stopped, &plan.creds, vdso)?;
     if plan.stopped {
         // Queued while every thread is still traced: each one takes the stop on
         // its way back to user mode, before it runs an instruction.
@@ -1383,6 +1410,8 @@ fn finish_threads(
         unsafe { libc::kill(host_pid, libc::SIGSTOP) };
     }
     release(&seized);
+    // Signals that arrived during the injected syscalls were held back.
+    crate::inject::redeliver_deferred(host_pid);
     Ok(())
 }
 

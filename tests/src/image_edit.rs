@@ -317,6 +317,17 @@ mod tests {
             restart: cf::Restart::None,
             stopped: false,
         };
+        let creds = |tid| cf::Credentials {
+            tid,
+            uids: cf::IdSet::default(),
+            gids: cf::IdSet::default(),
+            securebits: 0,
+            no_new_privs: false,
+            seccomp: cf::Seccomp::Disabled,
+            dumpable: 1,
+            caps: cf::CapSets::default(),
+            groups: cf::Table::empty(),
+        };
         let page = vec![0x5au8; cf::PAGE_SIZE];
         let records = [
             cf::Record::EpochBegin(cf::EpochBegin {
@@ -330,6 +341,9 @@ mod tests {
             cf::Record::FdTable(cf::FdTable::new(&[])),
             cf::Record::ThreadState(thread(PID)),
             cf::Record::ThreadState(thread(PID + 1)),
+            cf::Record::MappedFiles(cf::MappedFiles::new(&[])),
+            cf::Record::Credentials(creds(PID)),
+            cf::Record::Credentials(creds(PID + 1)),
             cf::Record::PageRun(cf::PageRun::raw(0x401000, &page).unwrap()),
         ];
         let mut out = Vec::new();
@@ -358,7 +372,7 @@ mod tests {
     fn unedited_image_comes_back_byte_for_byte() {
         let bytes = sample_image();
         let img = ImageFrames::parse(&bytes).unwrap();
-        assert_eq!(img.frames.len(), 9);
+        assert_eq!(img.frames.len(), 12);
         assert_eq!(img.to_bytes().unwrap(), bytes);
         assert_eq!(img.len_bytes(), bytes.len());
         let s = img.validate().unwrap();

@@ -121,6 +121,70 @@ pub fn thread(tid: u32) -> ThreadState<'static> {
     }
 }
 
+pub static GROUPS: [Gid; 3] = [Gid(4), Gid(27), Gid(1001)];
+
+/// A uid-1001 thread with one ambient capability (CAP_NET_BIND_SERVICE).
+pub fn credentials(tid: u32) -> Credentials<'static> {
+    Credentials {
+        tid,
+        uids: IdSet {
+            real: 1001,
+            effective: 1001,
+            saved: 1001,
+            fs: 1001,
+        },
+        gids: IdSet {
+            real: 1001,
+            effective: 1002,
+            saved: 1001,
+            fs: 1002,
+        },
+        securebits: 0x10,
+        no_new_privs: true,
+        seccomp: Seccomp::Disabled,
+        dumpable: 1,
+        caps: CapSets {
+            inheritable: 1 << 10,
+            permitted: 1 << 10,
+            effective: 1 << 10,
+            bounding: (1 << 41) - 1,
+            ambient: 1 << 10,
+        },
+        groups: Table::from_slice(&GROUPS),
+    }
+}
+
+pub static MAPPED: [MappedFile<'static>; 2] = [
+    MappedFile {
+        path: b"/app",
+        dev: 0xfd01,
+        ino: 1234,
+        size: 8192,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 123_456_789,
+        hash_kind: HashKind::Xxh3_128,
+        hash: {
+            let mut h = [0u8; HASH_BYTES];
+            let mut i = 0;
+            while i < 16 {
+                h[i] = 0xa0 + i as u8;
+                i += 1;
+            }
+            h
+        },
+    },
+    MappedFile {
+        path: b"/usr/lib/data",
+        dev: 0xfd01,
+        ino: 99,
+        size: 4096,
+        mtime_sec: -5,
+        mtime_nsec: 0,
+        hash_kind: HashKind::None,
+        hash: [0; HASH_BYTES],
+    },
+];
+
 pub static SIGACTIONS: [SigAction; NUM_SIGNALS] = {
     let mut a = [SigAction::DEFAULT; NUM_SIGNALS];
     a[10] = SigAction {
@@ -250,8 +314,11 @@ pub fn epoch_stream(epoch: u64) -> Vec<u8> {
         Record::VmaTable(VmaTable::new(&vmas)),
         Record::SignalTable(SignalTable::new(&SIGACTIONS)),
         Record::FdTable(FdTable::new(&fds)),
+        Record::MappedFiles(MappedFiles::new(&MAPPED)),
         Record::ThreadState(t100),
         Record::ThreadState(t101),
+        Record::Credentials(credentials(100)),
+        Record::Credentials(credentials(101)),
         Record::PageRun(PageRun::raw(0x402000, &PAGE_A).unwrap()),
         Record::PageRun(PageRun::zero(0x403000, 3).unwrap()),
     ];
@@ -287,6 +354,8 @@ pub fn one_of_each() -> Vec<Vec<u8>> {
             frame_count: 3,
             digest: 0x1234,
         }),
+        Record::Credentials(credentials(100)),
+        Record::MappedFiles(MappedFiles::new(&MAPPED)),
         Record::Hello(Hello {
             protocol_version: 1,
             node_id: 2,

@@ -402,3 +402,131 @@ impl RunSpec {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+pub struct CredsSpec {
+    pub tid: u32,
+    pub ids: [u32; 8],
+    pub securebits: u32,
+    pub no_new_privs: bool,
+    pub seccomp: u8,
+    pub dumpable: u8,
+    /// inheritable, permitted, effective (masked into permitted), bounding, ambient
+    /// (masked into permitted ∩ inheritable).
+    pub caps: [u64; 5],
+    pub groups: Vec<Gid>,
+}
+
+pub fn creds_spec() -> impl Strategy<Value = CredsSpec> {
+    (
+        any::<u32>(),
+        any::<[u32; 8]>(),
+        0u32..=0xfff,
+        any::<bool>(),
+        1u8..=3,
+        0u8..=2,
+        any::<[u64; 5]>(),
+        prop_oneof![4 => vec(any::<u32>(), 0..8), 1 => vec(any::<u32>(), 0..300)],
+    )
+        .prop_map(
+            |(tid, ids, securebits, no_new_privs, seccomp, dumpable, mut caps, groups)| {
+                caps[2] &= caps[1];
+                caps[4] &= caps[0] & caps[1];
+                CredsSpec {
+                    tid,
+                    ids,
+                    securebits,
+                    no_new_privs,
+                    seccomp,
+                    dumpable,
+                    caps,
+                    groups: groups.into_iter().map(Gid).collect(),
+                }
+            },
+        )
+}
+
+impl CredsSpec {
+    pub fn build(&self) -> Credentials<'_> {
+        let id = |o: usize| IdSet {
+            real: self.ids[o],
+            effective: self.ids[o + 1],
+            saved: self.ids[o + 2],
+            fs: self.ids[o + 3],
+        };
+        Credentials {
+            tid: self.tid,
+            uids: id(0),
+            gids: id(4),
+            securebits: self.securebits,
+            no_new_privs: self.no_new_privs,
+            seccomp: Seccomp::from_raw(self.seccomp).unwrap(),
+            dumpable: self.dumpable,
+            caps: CapSets {
+                inheritable: self.caps[0],
+                permitted: self.caps[1],
+                effective: self.caps[2],
+                bounding: self.caps[3],
+                ambient: self.caps[4],
+            },
+            groups: Table::from_slice(&self.groups),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MappedFileSpec {
+    pub path: Vec<u8>,
+    pub fixed: (u64, u64, u64, i64, u32),
+    pub hash_kind: u16,
+    pub hash: [u8; HASH_BYTES],
+}
+
+pub fn mapped_file_spec() -> impl Strategy<Value = MappedFileSpec> {
+    (
+        prop_oneof![4 => vec(any::<u8>(), 1..=24), 1 => vec(any::<u8>(), 1..=4096)],
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<i64>(),
+            0u32..1_000_000_000,
+        ),
+        1u16..=2,
+        any::<[u8; HASH_BYTES]>(),
+    )
+        .prop_map(|(path, fixed, hash_kind, mut hash)| {
+            let used = HashKind::from_raw(hash_kind).unwrap().len();
+            hash[used..].fill(0);
+            MappedFileSpec {
+                path,
+                fixed,
+                hash_kind,
+                hash,
+            }
+        })
+}
+
+/// Files with unique paths in increasing order, as the table requires.
+pub fn mapped_files(max: usize) -> impl Strategy<Value = Vec<MappedFileSpec>> {
+    vec(mapped_file_spec(), 0..=max).prop_map(|mut v| {
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v.dedup_by(|a, b| a.path == b.path);
+        v
+    })
+}
+
+impl MappedFileSpec {
+    pub fn build(&self) -> MappedFile<'_> {
+        MappedFile {
+            path: &self.path,
+            dev: self.fixed.0,
+            ino: self.fixed.1,
+            size: self.fixed.2,
+            mtime_sec: self.fixed.3,
+            mtime_nsec: self.fixed.4,
+            hash_kind: HashKind::from_raw(self.hash_kind).unwrap(),
+            hash: self.hash,
+        }
+    }
+}
