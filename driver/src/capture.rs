@@ -10,7 +10,7 @@
 //! caller resumes it (then writes the image) or commits the image and kills it.
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
@@ -173,6 +173,12 @@ pub struct Capture {
     pub times: CaptureTimes,
     /// Why the pre-copy was not used, when it was asked for and could not be.
     pub precopy_note: Option<String>,
+    /// Epoch number, and whether this is a full epoch or a delta of a chain.
+    pub epoch: u64,
+    pub full: bool,
+    /// In a delta: page ranges `[start, end)` the program released since the last
+    /// epoch (they read as zero), written as zero runs.
+    pub zeros: Vec<(u64, u64)>,
     /// Identity of every mapped file (read before the freeze, see [`crate::identity`]).
     pub mapped_files: Vec<crate::identity::FileIdentity>,
     /// The program was in a job-control stop (SIGSTOP): it is restored stopped.
@@ -219,14 +225,19 @@ pub fn capture_with(pid: i32, after: After, opts: Options) -> Result<Capture, Ca
 #[derive(Debug)]
 pub struct Held {
     frozen: Option<Frozen>,
-    pidfd: OwnedFd,
     /// The pre-copy's tracker; closing it ends the write tracking.
     pre: Option<Precopy>,
     frozen_at: Instant,
-    _lock: ProgramLock,
+    /// The lock and pidfd (and, for an epoch session, what it keeps).
+    attached: Option<Attached>,
 }
 
 impl Held {
+    /// The pre-copy (with its tracker) and the claim, taken out (for a session).
+    pub(crate) fn take_parts(&mut self) -> (Option<Precopy>, Option<Attached>) {
+        (self.pre.take(), self.attached.take())
+    }
+
     /// Lets the program run again; returns the pause (from the first interrupt).
     pub fn resume(mut self) -> Duration {
         if let Some(f) = self.frozen.take() {
@@ -249,7 +260,7 @@ impl Held {
             // Wait until it is really gone (its sockets closed), so a restore that
             // follows at once can bind the same addresses.
             let mut pfd = libc::pollfd {
-                fd: self.pidfd.as_raw_fd(),
+                fd: self.attached.as_ref().map_or(-1, |a| a.pidfd.as_raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             };
@@ -299,12 +310,35 @@ fn refuse_traced(pid: i32) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Freezes `pid` and captures it, leaving it frozen in the returned [`Held`].
+/// A program the driver has claimed: its lock, a pidfd, and the facts that do not
+/// change while it runs, read once before any freeze ([`attach`]).
+#[derive(Debug)]
+pub struct Attached {
+    pub pid: i32,
+    ns_pid: i32,
+    pidfd: OwnedFd,
+    _lock: ProgramLock,
+    host_xsave: u32,
+    xcr0: u64,
+    exe: Vec<u8>,
+    cwd: Vec<u8>,
+    comm: Vec<u8>,
+    auxv: Vec<u8>,
+    rlimits: Vec<Rlimit>,
+    kernel_release: Vec<u8>,
+    vdso: Option<(u64, u64)>,
+    /// The newest full read of the mappings (their VmFlags for the freeze's fast read).
+    maps_before: Vec<MapEntry>,
+    mapped_files: Vec<crate::identity::FileIdentity>,
+}
+
+/// Claims `pid` for one driver and reads what does not change while it runs.
 ///
 /// Takes the program's lock first ([`crate::lock`]): another dump on it is
-/// refused, a restore's lazy fill is waited for. Nothing in the program is changed
-/// before the lock is held and no other tracer is seen.
-pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureError> {
+/// refused, a restore's lazy fill is waited for. A program traced by someone else
+/// is refused, and so is one holding what restore could not bring back
+/// ([`crate::refuse`]). Nothing in the program is changed here.
+pub fn attach(pid: i32) -> Result<Attached, CaptureError> {
     let lock = ProgramLock::acquire(pid, Role::Dump, crate::lock::FILL_WAIT, &mut |holder| {
         eprintln!(
             "cs-driver: process {pid} is being restored by cs-driver pid {holder}; waiting until its memory is filled"
@@ -325,7 +359,6 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
         source: e,
     })?;
     let (host_xsave, xcr0) = sys::host_xsave_layout();
-    // Process-wide facts that do not change while it runs; read before the freeze.
     let rd = |what: &str| -> Result<Vec<u8>, CaptureError> {
         let path = format!("/proc/{pid}/{what}");
         fs::read_link(&path)
@@ -343,32 +376,183 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
         .strip_suffix(b"\n")
         .unwrap_or(&kernel_release)
         .to_vec();
+    let maps_before = procfs::read_maps(pid)?;
+    // What restore would refuse is refused now, before the program is touched.
+    crate::refuse::before_freeze(pid, pidfd.as_raw_fd(), &maps_before)?;
+    let mapped_files = crate::identity::read_mapped(pid, &maps_before)?;
+    // The vDSO does not move: its place is taken from the read before the freeze.
+    let vdso = maps_before
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .map(|m| (m.start, m.end));
+    Ok(Attached {
+        pid,
+        ns_pid,
+        pidfd,
+        _lock: lock,
+        host_xsave,
+        xcr0,
+        exe,
+        cwd,
+        comm,
+        auxv,
+        rlimits,
+        kernel_release,
+        vdso,
+        maps_before,
+        mapped_files,
+    })
+}
+
+impl Attached {
+    /// The resident size of the mappings whose pages are stored.
+    fn rss_bytes(&self) -> u64 {
+        self.maps_before
+            .iter()
+            .filter(|m| m.read && !m.shared && !m.has_flag("dp") && !m.name.starts_with("[v"))
+            .map(|m| m.rss_kb * 1024)
+            .sum()
+    }
+
+    /// The pidfd of the program.
+    pub fn pidfd(&self) -> RawFd {
+        self.pidfd.as_raw_fd()
+    }
+}
+
+/// Where the frozen capture gets the memory from.
+pub(crate) enum Memory<'a> {
+    /// Every present page, copied in the freeze.
+    Full,
+    /// The pre-copy's pages plus those written since ([`capture_memory_tracked`]).
+    Precopied(&'a Precopy),
+    /// Only what changed since the tracker last protected it (an epoch delta).
+    Delta(&'a mut Tracker),
+}
+
+/// Freezes the attached program and captures it into `staging`; the program is
+/// left frozen in the returned [`Frozen`] (dropping it resumes the program).
+pub(crate) fn capture_frozen(
+    a: &mut Attached,
+    mut staging: Staging,
+    memory: Memory<'_>,
+    mut times: CaptureTimes,
+    precopy_note: Option<String>,
+) -> Result<(Capture, Frozen), CaptureError> {
+    let pid = a.pid;
+    crate::cancel::check("before the freeze")?;
+    // Signal dispositions change while the program runs: read them now.
+    let status = procfs::read_status(pid)?;
+    let t0 = Instant::now();
+    let frozen = Frozen::freeze(pid)?;
+    times.freeze = t0.elapsed();
+    let tids = frozen.tids.clone();
+    let stopped = frozen.group_stopped;
+
+    let t = Instant::now();
+    let mut threads = Vec::with_capacity(tids.len());
+    for &tid in &tids {
+        threads.push(capture_thread(pid, tid, a.host_xsave as usize)?);
+    }
+    // The image lists threads by the tid the program sees (the order of host tids
+    // differs once the program lives in a nested pid namespace).
+    threads.sort_by_key(|t| t.tid);
+    times.threads = t.elapsed();
+
+    let t = Instant::now();
+    // Single injected syscalls run at a parked futex waiter's own `syscall`.
+    let list: Vec<(i32, UserRegs)> = threads.iter().map(|t| (t.host_tid, t.regs)).collect();
+    let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
+    let site = Site::choose(
+        pid,
+        &list,
+        a.vdso,
+        (
+            first.host_tid,
+            inject::normalized(&first.regs, first.restart),
+        ),
+    )?;
+    remove_stale_scratch(&site, &a.maps_before)?;
+    remove_stale_tracker_fds(&site)?;
+    let sigactions = inject_queries(&site, &mut threads, &status)?;
+    times.inject = t.elapsed();
+
+    let t = Instant::now();
+    let maps = procfs::read_maps_fast(pid, &a.maps_before)?;
+    let mm = procfs::read_mm_layout(pid, &maps)?;
+    let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
+    let mut zeros = Vec::new();
+    let (spans, copy, copied) = match memory {
+        Memory::Precopied(p) => capture_memory_tracked(pid, &maps, &vmas, &mut staging, p)?,
+        Memory::Full => capture_memory(pid, &maps, &vmas, &mut staging)?,
+        Memory::Delta(tracker) => {
+            crate::session::capture_delta(pid, &maps, &vmas, &mut staging, tracker, &mut zeros)?
+        }
+    };
+    times.copy = copy;
+    times.paused_pages = copied;
+    times.memory = t.elapsed();
+
+    let t = Instant::now();
+    let fds = fds::capture_fds(pid, a.pidfd.as_raw_fd())?;
+    times.fds = t.elapsed();
+
+    let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
+    crate::cancel::check("after the capture")?;
+    a.mapped_files = crate::identity::complete(std::mem::take(&mut a.mapped_files), &vmas);
+    a.maps_before = maps;
+    let c = Capture {
+        host_pid: pid,
+        pid: a.ns_pid,
+        threads,
+        vmas,
+        spans,
+        staging,
+        sigactions,
+        fds,
+        mm,
+        auxv: a.auxv.clone(),
+        exe: a.exe.clone(),
+        cwd: a.cwd.clone(),
+        comm: a.comm.clone(),
+        umask: status.umask,
+        rlimits: a.rlimits.clone(),
+        xsave_size: a.host_xsave,
+        xcr0: a.xcr0,
+        monotonic_ns,
+        boottime_ns,
+        kernel_release: a.kernel_release.clone(),
+        times,
+        precopy_note,
+        mapped_files: a.mapped_files.clone(),
+        stopped,
+        epoch: 1,
+        full: true,
+        zeros,
+    };
+    // The program may have opened something since the first check: the capture
+    // itself is checked too (a refusal here resumes it, unchanged).
+    crate::refuse::captured(&c)?;
+    Ok((c, frozen))
+}
+
+/// Freezes `pid` and captures it, leaving it frozen in the returned [`Held`]
+/// ([`attach`], then the pre-copy, then the freeze).
+pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureError> {
+    let mut a = attach(pid)?;
     // The staging buffer is faulted in now, before the freeze: the resident size
     // of the mappings whose pages are stored, plus room for growth.
-    let smaps_before = procfs::read_maps(pid)?;
-    // What restore would refuse is refused now, before the program is touched.
-    crate::refuse::before_freeze(pid, pidfd.as_raw_fd(), &smaps_before)?;
-    let mapped_files = crate::identity::read_mapped(pid, &smaps_before)?;
-    let rss_bytes: u64 = smaps_before
-        .iter()
-        .filter(|m| m.read && !m.shared && !m.has_flag("dp") && !m.name.starts_with("[v"))
-        .map(|m| m.rss_kb * 1024)
-        .sum();
+    let rss_bytes = a.rss_bytes();
     let mut staging = Staging::prefaulted((rss_bytes + rss_bytes / 8 + (4 << 20)) as usize)
         .map_err(|e| CaptureError::ProcIo {
             path: "staging buffer".into(),
             source: e,
         })?;
-    // The vDSO does not move: its place is taken from the read before the freeze.
-    let vdso = smaps_before
-        .iter()
-        .find(|m| m.name == "[vdso]")
-        .map(|m| (m.start, m.end));
     let mut times = CaptureTimes::default();
     let mut precopy_note = None;
     let pre = if opts.precopy {
         let t = Instant::now();
-        let pre = precopy(pid, pidfd.as_raw_fd(), vdso, &smaps_before, &mut staging);
+        let pre = precopy(pid, a.pidfd(), a.vdso, &a.maps_before, &mut staging);
         times.precopy = t.elapsed();
         match pre {
             Ok(p) => {
@@ -384,100 +568,17 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
     } else {
         None
     };
-    crate::cancel::check("before the freeze")?;
-    let t0 = Instant::now();
-    let frozen = Frozen::freeze(pid)?;
-    times.freeze = t0.elapsed();
+    let memory = match &pre {
+        Some(p) => Memory::Precopied(p),
+        None => Memory::Full,
+    };
+    let (c, frozen) = capture_frozen(&mut a, staging, memory, times, precopy_note)?;
     let held = Held {
+        frozen_at: frozen.frozen_at,
         frozen: Some(frozen),
-        pidfd,
         pre,
-        frozen_at: t0,
-        _lock: lock,
+        attached: Some(a),
     };
-    let tids = held
-        .frozen
-        .as_ref()
-        .map(|f| f.tids.clone())
-        .unwrap_or_default();
-    let stopped = held.frozen.as_ref().is_some_and(|f| f.group_stopped);
-
-    let t = Instant::now();
-    let mut threads = Vec::with_capacity(tids.len());
-    for &tid in &tids {
-        threads.push(capture_thread(pid, tid, host_xsave as usize)?);
-    }
-    // The image lists threads by the tid the program sees (the order of host tids
-    // differs once the program lives in a nested pid namespace).
-    threads.sort_by_key(|t| t.tid);
-    times.threads = t.elapsed();
-
-    let t = Instant::now();
-    // Single injected syscalls run at a parked futex waiter's own `syscall`.
-    let list: Vec<(i32, UserRegs)> = threads.iter().map(|t| (t.host_tid, t.regs)).collect();
-    let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
-    let site = Site::choose(
-        pid,
-        &list,
-        vdso,
-        (
-            first.host_tid,
-            inject::normalized(&first.regs, first.restart),
-        ),
-    )?;
-    remove_stale_scratch(&site, &smaps_before)?;
-    remove_stale_tracker_fds(&site)?;
-    let sigactions = inject_queries(&site, &mut threads, &status)?;
-    times.inject = t.elapsed();
-
-    let t = Instant::now();
-    let maps = procfs::read_maps_fast(pid, &smaps_before)?;
-    let mm = procfs::read_mm_layout(pid, &maps)?;
-    let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
-    let (spans, copy, copied) = match &held.pre {
-        Some(p) => capture_memory_tracked(pid, &maps, &vmas, &mut staging, p)?,
-        None => capture_memory(pid, &maps, &vmas, &mut staging)?,
-    };
-    times.copy = copy;
-    times.paused_pages = copied;
-    times.memory = t.elapsed();
-
-    let t = Instant::now();
-    let fds = fds::capture_fds(pid, held.pidfd.as_raw_fd())?;
-    times.fds = t.elapsed();
-
-    let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
-    crate::cancel::check("after the capture")?;
-    let mapped_files = crate::identity::complete(mapped_files, &vmas);
-    let c = Capture {
-        host_pid: pid,
-        pid: ns_pid,
-        threads,
-        vmas,
-        spans,
-        staging,
-        sigactions,
-        fds,
-        mm,
-        auxv,
-        exe,
-        cwd,
-        comm,
-        umask: status.umask,
-        rlimits,
-        xsave_size: host_xsave,
-        xcr0,
-        monotonic_ns,
-        boottime_ns,
-        kernel_release,
-        times,
-        precopy_note,
-        mapped_files,
-        stopped,
-    };
-    // The program may have opened something since the first check: the capture
-    // itself is checked too (a refusal here resumes it, unchanged).
-    crate::refuse::captured(&c)?;
     Ok((c, held))
 }
 
@@ -967,7 +1068,11 @@ fn capture_memory(
     Ok((spans, t.elapsed(), total))
 }
 
-fn refuse_shared_anon(pid: i32, m: &MapEntry, v: &VmaCapture) -> Result<(), CaptureError> {
+pub(crate) fn refuse_shared_anon(
+    pid: i32,
+    m: &MapEntry,
+    v: &VmaCapture,
+) -> Result<(), CaptureError> {
     if v.shared {
         return Err(CaptureError::Unsupported {
             pid,
@@ -991,6 +1096,13 @@ fn grow(staging: &mut Staging, len: usize) -> Result<(), CaptureError> {
         path: "staging buffer".into(),
         source: e,
     })
+}
+
+impl Precopy {
+    /// The write tracker, kept for the epochs that follow.
+    pub(crate) fn into_tracker(self) -> Tracker {
+        self.tracker
+    }
 }
 
 /// The state the pre-copy leaves for the freeze.
@@ -1189,6 +1301,17 @@ fn capture_memory_tracked(
 }
 
 /// One job per span: its pages to its place in the staging buffer.
+/// Copies the pages of `spans` (`total` pages, back to back) into `staging`.
+pub(crate) fn copy_pages(
+    pid: i32,
+    spans: &[PageSpan],
+    staging: &mut Staging,
+    total: u64,
+) -> Result<(), CaptureError> {
+    grow(staging, (total * PAGE) as usize)?;
+    copy_jobs(pid, jobs_of(spans), staging.as_mut_slice())
+}
+
 fn jobs_of(spans: &[PageSpan]) -> Vec<Job> {
     spans
         .iter()

@@ -40,6 +40,8 @@ pub enum CaptureError {
     Unsupported { pid: i32, what: String },
     #[error("process {pid} holds what CheckSync cannot restore yet, so it was not dumped (nothing in it was changed):\n  - {}", items.join("\n  - "))]
     Unrestorable { pid: i32, items: Vec<String> },
+    #[error("chain check of process {pid} (CS_TEST_VERIFY_CHAIN): {detail}")]
+    ChainMismatch { pid: i32, detail: String },
     #[error("process {pid} cannot be captured now: {detail}")]
     Busy { pid: i32, detail: String },
     #[error("{0}")]

@@ -477,8 +477,12 @@ fn encode_with<W: Write + ?Sized>(
         .unwrap_or(0);
     put(
         cf::Record::EpochBegin(cf::EpochBegin {
-            epoch: 1,
-            kind: cf::EpochKind::Full,
+            epoch: c.epoch,
+            kind: if c.full {
+                cf::EpochKind::Full
+            } else {
+                cf::EpochKind::Delta
+            },
             wall_time_ns: wall,
         }),
         w,
@@ -682,6 +686,17 @@ fn encode_with<W: Write + ?Sized>(
             offsets.push(s.offset + (i * 4096) as usize);
         }
     }
+    // A delta's released pages: zero runs, merged into address order.
+    if !c.zeros.is_empty() {
+        let mut all: Vec<(u64, usize)> = addrs.iter().copied().zip(offsets).collect();
+        for &(start, end) in &c.zeros {
+            all.extend((start..end).step_by(4096).map(|a| (a, ZERO_PAGE)));
+        }
+        all.sort_unstable_by_key(|p| p.0);
+        all.dedup_by_key(|p| p.0);
+        addrs = all.iter().map(|p| p.0).collect();
+        offsets = all.iter().map(|p| p.1).collect();
+    }
     let src = SpannedPages {
         data: &c.staging,
         offsets: &offsets,
@@ -703,7 +718,7 @@ fn encode_with<W: Write + ?Sized>(
         stats.zero_pages += u64::from(p.zero_pages);
         progress(stats.pages, addrs.len() as u64);
     }
-    let commit = digest.commit(1);
+    let commit = digest.commit(c.epoch);
     put(cf::Record::EpochCommit(commit), w, &mut digest, &mut stats)?;
     Ok(stats)
 }
@@ -798,12 +813,17 @@ struct SpannedPages<'a> {
     offsets: &'a [usize],
 }
 
+/// The offset that stands for a page of zeros (a released page in a delta).
+const ZERO_PAGE: usize = usize::MAX;
+static ZEROS: [u8; 4096] = [0; 4096];
+
 impl cf::PageSource for SpannedPages<'_> {
     fn page(&self, index: usize, _addr: u64) -> &[u8] {
-        self.offsets
-            .get(index)
-            .and_then(|&o| self.data.get(o..o.saturating_add(4096)))
-            .unwrap_or_default()
+        match self.offsets.get(index) {
+            Some(&ZERO_PAGE) => &ZEROS,
+            Some(&o) => self.data.get(o..o.saturating_add(4096)).unwrap_or_default(),
+            None => &[],
+        }
     }
 }
 
@@ -894,6 +914,8 @@ pub struct ImageSummary {
     pub epoch: u64,
     /// A full epoch (restorable on its own), or a delta of a chain.
     pub full: bool,
+    /// Wall-clock time of the epoch's freeze, ns since the Unix epoch.
+    pub wall_ns: u64,
     /// Zero runs (address, bytes): in a delta, pages the program released.
     pub zero_runs: Vec<(u64, usize)>,
 }
@@ -958,6 +980,7 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
         bytes: bytes.len() as u64,
         epoch: 0,
         full: true,
+        wall_ns: 0,
         zero_runs: Vec::new(),
     };
     let mut off = 0usize;
@@ -1091,6 +1114,7 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
             cf::Record::EpochBegin(b) => {
                 s.epoch = b.epoch;
                 s.full = b.kind == cf::EpochKind::Full;
+                s.wall_ns = b.wall_time_ns;
             }
             cf::Record::EpochCommit(_) => committed = true,
             cf::Record::MappedFiles(t) => plan.files = files_from(t),

@@ -23,6 +23,7 @@ pub mod procfs;
 pub mod refuse;
 pub mod restore;
 pub mod run;
+pub mod session;
 pub mod staging;
 pub mod sys;
 pub mod track;

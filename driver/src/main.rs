@@ -1,5 +1,6 @@
 //! `cs-driver`: the CheckSync command line.
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -45,10 +46,31 @@ enum Cmd {
         #[arg(long)]
         no_precopy: bool,
     },
-    /// Start a fresh process from an image and resume the program where it was.
+    /// Checkpoint a running program continuously: a full epoch, then every
+    /// interval a short freeze that writes only what changed (a delta), each
+    /// committed crash-safely into DIR. Ctrl-C, SIGTERM or --count end it; the
+    /// program runs on.
+    Checkpoint {
+        /// Process to protect.
+        pid: i32,
+        /// Folder of epochs (created if missing).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Milliseconds from one freeze to the next.
+        #[arg(long, default_value_t = 100)]
+        interval: u64,
+        /// Stop after this many epochs.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Start a fresh process from an image (or the newest epoch of a checkpoint
+    /// folder) and resume the program where it was.
     Restore {
-        /// Image written by `dump`.
+        /// Image written by `dump`, or a folder written by `checkpoint`.
         image: PathBuf,
+        /// With a folder: restore this epoch instead of the newest.
+        #[arg(long)]
+        epoch: Option<u64>,
         /// Print the program's pid and exit, leaving it running.
         #[arg(long)]
         detach: bool,
@@ -67,9 +89,10 @@ enum Cmd {
         #[arg(long)]
         eager: bool,
     },
-    /// Verify an image and print a readable summary of it.
+    /// Verify an image and print a readable summary of it; for a checkpoint folder,
+    /// verify and list its epochs.
     Inspect {
-        /// Image written by `dump`.
+        /// Image written by `dump`, or a folder written by `checkpoint`.
         image: PathBuf,
         /// Also list every VMA and fd.
         #[arg(short, long)]
@@ -220,8 +243,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Checkpoint {
+            pid,
+            output,
+            interval,
+            count,
+        } => checkpoint(pid, &output, interval, count),
         Cmd::Restore {
             image: path,
+            epoch,
             detach,
             stdout,
             stderr,
@@ -230,7 +260,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let started = std::time::Instant::now();
             restore::check_privileges()?;
-            let file = image::open_image(&path)?;
+            let (file, path) = if path.is_dir() {
+                (fold_folder(&path, epoch)?, path)
+            } else {
+                (image::open_image(&path)?, path)
+            };
             let summary = image::read_image(&file, &path.display().to_string())?;
             let checked = started.elapsed();
             if !detach {
@@ -285,6 +319,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             image: path,
             verbose,
         } => {
+            if path.is_dir() {
+                return inspect_folder(&path);
+            }
             let file = image::open_image(&path)?;
             let summary = image::read_image(&file, &path.display().to_string())?;
             // An image this machine cannot restore is refused here too.
@@ -333,4 +370,143 @@ fn write_with_progress(
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// `cs-driver checkpoint`: one session, a full epoch, then deltas.
+fn checkpoint(
+    pid: i32,
+    dir: &std::path::Path,
+    interval: u64,
+    count: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    use cs_driver::{chain, session::Session};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let existing = chain::list(dir)?;
+    if let Some(last) = existing.last() {
+        anyhow::bail!(
+            "{} already holds epochs (up to {}); checkpoint into an empty folder",
+            dir.display(),
+            last.epoch
+        );
+    }
+    cs_driver::cancel::catch();
+    let left = "the program was left as it was";
+    let write = |c: &capture::Capture| -> anyhow::Result<image::WriteStats> {
+        let path = dir.join(chain::name(c.epoch, c.full));
+        let mut out = image::ImageOut::create(&path)?;
+        let stats = out
+            .write(c, &mut |_, _| {})
+            .with_context(|| format!("writing epoch {}", c.epoch))?;
+        out.commit()?;
+        Ok(stats)
+    };
+    let report = |c: &capture::Capture, s: &image::WriteStats| {
+        eprintln!(
+            "cs-driver: epoch {} ({}): pause {:.2} ms, {} pages ({} zero), {} bytes, {} threads",
+            c.epoch,
+            if c.full { "full" } else { "delta" },
+            ms(c.times.pause),
+            s.pages,
+            s.zero_pages,
+            s.bytes,
+            c.threads.len()
+        );
+    };
+    let (mut session, first) = Session::start(pid, capture::Options::default())
+        .with_context(|| format!("capturing process {pid}; {left}"))?;
+    if let Some(note) = &session.note {
+        eprintln!("cs-driver: {note}; every epoch will be a full one");
+    }
+    let stats = write(&first)?;
+    report(&first, &stats);
+    let mut done = 1u64;
+    let period = std::time::Duration::from_millis(interval.max(1));
+    let mut next = std::time::Instant::now() + period;
+    while count.is_none_or(|n| done < n) {
+        let now = std::time::Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        next += period;
+        if cs_driver::cancel::requested().is_some() {
+            break;
+        }
+        let c = match session.epoch() {
+            Ok(c) => c,
+            Err(cs_driver::error::CaptureError::Cancelled(_)) => break,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("epoch {}", done + 1))),
+        };
+        match write(&c) {
+            Ok(stats) => report(&c, &stats),
+            Err(_) if cs_driver::cancel::requested().is_some() => break,
+            Err(e) => return Err(e),
+        }
+        done += 1;
+    }
+    eprintln!(
+        "cs-driver: {done} epochs in {}; process {} runs on",
+        dir.display(),
+        session.pid()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Folds a checkpoint folder's chain (to `epoch`, or the newest) into one full
+/// image and opens it (the file is unlinked once open).
+fn fold_folder(dir: &std::path::Path, epoch: Option<u64>) -> anyhow::Result<File> {
+    use cs_driver::chain;
+    let all = chain::list(dir)?;
+    if all.is_empty() {
+        anyhow::bail!(
+            "{} is a directory with no committed epoch: neither an image nor a checkpoint folder",
+            dir.display()
+        );
+    }
+    let chain = chain::chain_for(&all, epoch, dir)?;
+    let folded = dir.join(format!(".folded-{}.img", std::process::id()));
+    let mut out = image::ImageOut::create(&folded)?;
+    let n = chain::fold(&chain, &mut out)?;
+    out.commit()?;
+    let file = image::open_image(&folded);
+    let _ = std::fs::remove_file(&folded);
+    eprintln!(
+        "cs-driver: epoch {n} of {} (a chain of {} epochs from {})",
+        dir.display(),
+        chain.len(),
+        chain[0].epoch
+    );
+    Ok(file?)
+}
+
+/// `cs-driver inspect DIR`: every committed epoch, verified.
+fn inspect_folder(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use cs_driver::chain;
+    let all = chain::list(dir)?;
+    if all.is_empty() {
+        anyhow::bail!("{} holds no committed epoch", dir.display());
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (`| head`) ends the listing quietly.
+    let _ = writeln!(out, "{}: {} epochs", dir.display(), all.len());
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<5}  {:>23}  {:>8}  {:>8}  {:>12}",
+        "epoch", "kind", "time (UTC, s)", "pages", "zero", "bytes"
+    );
+    for f in &all {
+        let file = image::open_image(&f.path)?;
+        let s = image::read_image_any(&file, &f.path.display().to_string())?;
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<5}  {:>23.3}  {:>8}  {:>8}  {:>12}",
+            s.epoch,
+            if s.full { "full" } else { "delta" },
+            s.wall_ns as f64 / 1e9,
+            s.pages_stored,
+            s.pages_zero,
+            s.bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
