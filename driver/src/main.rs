@@ -483,7 +483,10 @@ fn inspect_folder(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     use cs_driver::chain;
     let all = chain::list(dir)?;
     if all.is_empty() {
-        anyhow::bail!("{} holds no committed epoch", dir.display());
+        anyhow::bail!(
+            "{} is a directory with no committed epoch: neither an image nor a checkpoint folder",
+            dir.display()
+        );
     }
     use std::io::Write;
     let mut out = std::io::stdout().lock();
