@@ -330,6 +330,76 @@ pub struct Attached {
     /// The newest full read of the mappings (their VmFlags for the freeze's fast read).
     maps_before: Vec<MapEntry>,
     mapped_files: Vec<crate::identity::FileIdentity>,
+    /// What the injected queries found last time (a session's epochs reuse it).
+    queried: Option<Queried>,
+}
+
+/// What the injected queries found in the last capture of a session: each
+/// thread's alternate signal stack, securebits and dumpable flag, and the signal
+/// handlers. An epoch reuses them instead of injecting code again when the same
+/// threads run and `SigCgt`/`SigIgn` are unchanged, and queries afresh every
+/// [`REQUERY_EVERY`] epochs regardless. Why this is safe for Go: the runtime sets
+/// a thread's alternate stack once when the thread starts, and installs one
+/// handler (`runtime.sighandler`) for every signal it catches, so a change shows
+/// as a new thread or in the caught/ignored sets. A program that swaps one handler
+/// for another, or moves a thread's alternate stack, is seen at the next re-query
+/// (docs/epochs.md).
+#[derive(Debug, Clone)]
+pub struct Queried {
+    threads: Vec<(i32, (u64, u32, u64), u32, u8)>,
+    sigactions: Vec<SigAction>,
+    sig_cgt: u64,
+    sig_ign: u64,
+    age: u32,
+}
+
+/// Epochs between two full runs of the injected queries in a session.
+pub const REQUERY_EVERY: u32 = 50;
+
+impl Queried {
+    fn from(
+        threads: &[ThreadCapture],
+        sigactions: &[SigAction],
+        status: &procfs::Status,
+        before: Option<&Queried>,
+    ) -> Queried {
+        let same = before.is_some_and(|b| b.sigactions == sigactions);
+        Queried {
+            threads: threads
+                .iter()
+                .map(|t| (t.host_tid, t.altstack, t.creds.securebits, t.creds.dumpable))
+                .collect(),
+            sigactions: sigactions.to_vec(),
+            sig_cgt: status.sig_cgt,
+            sig_ign: status.sig_ign,
+            age: if same {
+                before.map_or(0, |b| b.age + 1)
+            } else {
+                0
+            },
+        }
+    }
+
+    fn still_valid(&self, threads: &[ThreadCapture], status: &procfs::Status) -> bool {
+        self.age > 0
+            && self.age % REQUERY_EVERY != 0
+            && status.sig_cgt == self.sig_cgt
+            && status.sig_ign == self.sig_ign
+            && threads.len() == self.threads.len()
+            && threads
+                .iter()
+                .zip(&self.threads)
+                .all(|(t, q)| t.host_tid == q.0)
+    }
+
+    fn apply(&self, threads: &mut [ThreadCapture]) -> Vec<SigAction> {
+        for (t, q) in threads.iter_mut().zip(&self.threads) {
+            t.altstack = q.1;
+            t.creds.securebits = q.2;
+            t.creds.dumpable = q.3;
+        }
+        self.sigactions.clone()
+    }
 }
 
 /// Claims `pid` for one driver and reads what does not change while it runs.
@@ -401,6 +471,7 @@ pub fn attach(pid: i32) -> Result<Attached, CaptureError> {
         vdso,
         maps_before,
         mapped_files,
+        queried: None,
     })
 }
 
@@ -460,21 +531,40 @@ pub(crate) fn capture_frozen(
     times.threads = t.elapsed();
 
     let t = Instant::now();
-    // Single injected syscalls run at a parked futex waiter's own `syscall`.
-    let list: Vec<(i32, UserRegs)> = threads.iter().map(|t| (t.host_tid, t.regs)).collect();
-    let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
-    let site = Site::choose(
-        pid,
-        &list,
-        a.vdso,
-        (
-            first.host_tid,
-            inject::normalized(&first.regs, first.restart),
-        ),
-    )?;
-    remove_stale_scratch(&site, &a.maps_before)?;
-    remove_stale_tracker_fds(&site)?;
-    let sigactions = inject_queries(&site, &mut threads, &status)?;
+    let sigactions = match a
+        .queried
+        .as_ref()
+        .filter(|q| q.still_valid(&threads, &status))
+    {
+        // An epoch of a session: nothing the injected queries read can have
+        // changed (see [`Queried`]), so none is run.
+        Some(q) => q.apply(&mut threads),
+        None => {
+            // Single injected syscalls run at a parked futex waiter's own `syscall`.
+            let list: Vec<(i32, UserRegs)> = threads.iter().map(|t| (t.host_tid, t.regs)).collect();
+            let first = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
+            let site = Site::choose(
+                pid,
+                &list,
+                a.vdso,
+                (
+                    first.host_tid,
+                    inject::normalized(&first.regs, first.restart),
+                ),
+            )?;
+            if a.queried.is_none() {
+                remove_stale_scratch(&site, &a.maps_before)?;
+                remove_stale_tracker_fds(&site)?;
+            }
+            inject_queries(&site, &mut threads, &status)?
+        }
+    };
+    a.queried = Some(Queried::from(
+        &threads,
+        &sigactions,
+        &status,
+        a.queried.as_ref(),
+    ));
     times.inject = t.elapsed();
 
     let t = Instant::now();

@@ -402,10 +402,15 @@ fn checkpoint(
     };
     let report = |c: &capture::Capture, s: &image::WriteStats| {
         eprintln!(
-            "cs-driver: epoch {} ({}): pause {:.2} ms, {} pages ({} zero), {} bytes, {} threads",
+            "cs-driver: epoch {} ({}): pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2}, fds {:.2}), {} pages ({} zero), {} bytes, {} threads",
             c.epoch,
             if c.full { "full" } else { "delta" },
             ms(c.times.pause),
+            ms(c.times.freeze),
+            ms(c.times.threads),
+            ms(c.times.inject),
+            ms(c.times.memory),
+            ms(c.times.fds),
             s.pages,
             s.zero_pages,
             s.bytes,
