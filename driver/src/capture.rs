@@ -346,12 +346,15 @@ pub struct Attached {
 /// (docs/epochs.md).
 #[derive(Debug, Clone)]
 pub struct Queried {
-    threads: Vec<(i32, (u64, u32, u64), u32, u8)>,
+    /// (host tid, alternate stack, securebits, dumpable) per thread.
+    threads: Vec<QueriedThread>,
     sigactions: Vec<SigAction>,
     sig_cgt: u64,
     sig_ign: u64,
     age: u32,
 }
+
+type QueriedThread = (i32, (u64, u32, u64), u32, u8);
 
 /// Epochs between two full runs of the injected queries in a session.
 pub const REQUERY_EVERY: u32 = 50;
@@ -382,7 +385,7 @@ impl Queried {
 
     fn still_valid(&self, threads: &[ThreadCapture], status: &procfs::Status) -> bool {
         self.age > 0
-            && self.age % REQUERY_EVERY != 0
+            && !self.age.is_multiple_of(REQUERY_EVERY)
             && status.sig_cgt == self.sig_cgt
             && status.sig_ign == self.sig_ign
             && threads.len() == self.threads.len()
