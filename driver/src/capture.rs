@@ -176,6 +176,8 @@ pub struct Capture {
     /// Epoch number, and whether this is a full epoch or a delta of a chain.
     pub epoch: u64,
     pub full: bool,
+    /// Wall-clock time of the freeze, ns since the Unix epoch.
+    pub wall_ns: u64,
     /// In a delta: page ranges `[start, end)` the program released since the last
     /// epoch (they read as zero), written as zero runs.
     pub zeros: Vec<(u64, u64)>,
@@ -517,6 +519,10 @@ pub(crate) fn capture_frozen(
     crate::cancel::check("before the freeze")?;
     // Signal dispositions change while the program runs: read them now.
     let status = procfs::read_status(pid)?;
+    let wall_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     let t0 = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     times.freeze = t0.elapsed();
@@ -621,6 +627,7 @@ pub(crate) fn capture_frozen(
         stopped,
         epoch: 1,
         full: true,
+        wall_ns,
         zeros,
     };
     // The program may have opened something since the first check: the capture

@@ -471,10 +471,8 @@ fn encode_with<W: Write + ?Sized>(
             stats.bytes += n as u64;
             Ok::<(), ImageError>(())
         };
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    // The freeze's wall-clock time: an epoch holds what was there at its freeze.
+    let wall = c.wall_ns;
     put(
         cf::Record::EpochBegin(cf::EpochBegin {
             epoch: c.epoch,
