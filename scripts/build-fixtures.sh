@@ -3,7 +3,8 @@
 # toolchains, statically (CGO_ENABLED=0) and with -trimpath, into
 #   go-fixtures/build/go1.27.3/   (go.mod, `go 1.27`: current GODEBUG defaults)
 #   go-fixtures/build/go1.19.8/   (go119.mod, `go 1.19`)
-# Binaries: lockserver lockclient mrcoord mrworker mrclient kvstore kvclient.
+# Binaries: lockserver lockclient mrcoord mrworker mrclient kvstore kvclient
+# blocker dirtier.
 # Idempotent and fast when nothing changed (go's build cache; unchanged
 # binaries are not rewritten). Safe to run concurrently (flock).
 # Prints the build folder (go-fixtures/build, absolute) on stdout.
