@@ -34,8 +34,9 @@
 //! exits with that message. Part 1 runs the driver library compiled into this bench
 //! (the working tree's source); part 2 runs the release binary.
 //!
-//! Run: `cargo bench -p cs-benches --bench epochs` (about 2 minutes; ~3 GiB of memory
-//! at the 1 GiB step: the dirtier and the full epoch's staging buffer).
+//! Run: `cargo bench -p cs-benches --bench epochs` (about 1.5 minutes; ~3 GiB of
+//! memory at the 1 GiB step: the dirtier and the full epoch's staging buffer).
+//! `-- pause` or `-- throughput` after it runs only that part.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -690,8 +691,16 @@ fn main() -> ExitCode {
     let started_at = Instant::now();
     let load_start = load_average();
 
+    // `-- pause` or `-- throughput` runs one part only (cargo passes `--bench` too).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = |part: &str| args.iter().any(|a| a == part);
+    let (pause_part, throughput_part) = match (only("pause"), only("throughput")) {
+        (false, false) => (true, true),
+        both => both,
+    };
+
     let mut cases = Vec::new();
-    for (heap, pct) in CASES {
+    for &(heap, pct) in CASES.iter().filter(|_| pause_part) {
         let c = pause_case(heap, pct);
         eprintln!(
             "epochs: {heap} MiB, {pct}% dirty: pause median {:.2} ms",
@@ -705,13 +714,20 @@ fn main() -> ExitCode {
         cases.push(c);
     }
 
-    let scratch = std::env::temp_dir().join(format!("cs-bench-epochs-{}", std::process::id()));
-    fs::create_dir_all(&scratch).expect("scratch folder");
-    let runs = throughput(&scratch);
-    let _ = fs::remove_dir_all(&scratch);
+    let mut runs = Vec::new();
+    if throughput_part {
+        let scratch = std::env::temp_dir().join(format!("cs-bench-epochs-{}", std::process::id()));
+        fs::create_dir_all(&scratch).expect("scratch folder");
+        runs = throughput(&scratch);
+        let _ = fs::remove_dir_all(&scratch);
+    }
 
-    print_pause_tables(&cases);
-    print_throughput_table(&runs);
+    if pause_part {
+        print_pause_tables(&cases);
+    }
+    if throughput_part {
+        print_throughput_table(&runs);
+    }
     println!();
     println!(
         "load average (1/5/15 min) at the start {load_start}, at the end {}; the run took {:.0} s",
