@@ -1484,7 +1484,8 @@ fn copy_jobs(pid: i32, mut jobs: Vec<Job>, dst: &mut [u8]) -> Result<(), Capture
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4);
-    let workers = if total < (4 << 20) { 1 } else { workers };
+    // Below 1 MiB a second stream costs more to start than it saves.
+    let workers = if total < (1 << 20) { 1 } else { workers };
     let share = total.div_ceil(workers).next_multiple_of(PAGE as usize);
     // Cut the jobs into per-worker groups of about `share` bytes each.
     let mut groups: Vec<Vec<Job>> = vec![Vec::new()];

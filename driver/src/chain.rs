@@ -207,3 +207,23 @@ impl cf::PageSource for ChainPages<'_> {
         &self.bytes[f][off..off + 4096]
     }
 }
+
+/// `--keep`: folds the chain up to epoch `upto` into a new full epoch `upto`, then
+/// removes every older epoch file and `upto`'s delta. Crash-safe in any order of
+/// events: the full epoch is committed before anything is removed, and while both
+/// exist [`list`] prefers it; files are removed oldest first, so a folder left
+/// half-pruned still holds a valid chain to its newest epoch.
+pub fn compact(dir: &Path, upto: u64) -> Result<u64, ImageError> {
+    let all = list(dir)?;
+    let chain = chain_for(&all, Some(upto), dir)?;
+    if chain.len() > 1 {
+        let mut out = ImageOut::create(&dir.join(name(upto, true)))?;
+        fold(&chain, &mut out)?;
+        out.commit()?;
+    }
+    for f in all.iter().filter(|f| f.epoch < upto) {
+        let _ = std::fs::remove_file(&f.path);
+    }
+    let _ = std::fs::remove_file(dir.join(name(upto, false)));
+    Ok(upto)
+}

@@ -51,8 +51,9 @@ enum Cmd {
     /// committed crash-safely into DIR. Ctrl-C, SIGTERM or --count end it; the
     /// program runs on.
     Checkpoint {
-        /// Process to protect.
-        pid: i32,
+        /// Process to protect (or launch one: `-- ./app args`).
+        #[arg(required_unless_present = "argv")]
+        pid: Option<i32>,
         /// Folder of epochs (created if missing).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
@@ -62,6 +63,13 @@ enum Cmd {
         /// Stop after this many epochs.
         #[arg(long)]
         count: Option<u64>,
+        /// Keep at most this many deltas beside one full epoch: older ones are
+        /// folded into a new full epoch in the background.
+        #[arg(long)]
+        keep: Option<u64>,
+        /// Launch this program and protect it from its start.
+        #[arg(last = true)]
+        argv: Vec<String>,
     },
     /// Start a fresh process from an image (or the newest epoch of a checkpoint
     /// folder) and resume the program where it was.
@@ -248,7 +256,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             interval,
             count,
-        } => checkpoint(pid, &output, interval, count),
+            keep,
+            argv,
+        } => checkpoint(pid, &argv, &output, interval, count, keep),
         Cmd::Restore {
             image: path,
             epoch,
@@ -374,12 +384,30 @@ fn ms(d: std::time::Duration) -> f64 {
 
 /// `cs-driver checkpoint`: one session, a full epoch, then deltas.
 fn checkpoint(
-    pid: i32,
+    pid: Option<i32>,
+    argv: &[String],
     dir: &std::path::Path,
     interval: u64,
     count: Option<u64>,
+    keep: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     use cs_driver::{chain, session::Session};
+    let mut child = None;
+    let pid = match (pid, argv.split_first()) {
+        (Some(p), None) => p,
+        (None, Some((prog, args))) => {
+            // `spawn` returns once the program is exec'd, so the session attaches
+            // to the program, never to the driver's own fork.
+            let c = std::process::Command::new(prog)
+                .args(args)
+                .spawn()
+                .with_context(|| format!("launching {prog}"))?;
+            let p = c.id() as i32;
+            child = Some(c);
+            p
+        }
+        _ => anyhow::bail!("give either a PID or `-- PROGRAM ARGS`, not both"),
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let existing = chain::list(dir)?;
     if let Some(last) = existing.last() {
@@ -425,6 +453,7 @@ fn checkpoint(
     let stats = write(&first)?;
     report(&first, &stats);
     let mut done = 1u64;
+    let mut folding: Option<std::thread::JoinHandle<anyhow::Result<u64>>> = None;
     let period = std::time::Duration::from_millis(interval.max(1));
     let mut next = std::time::Instant::now() + period;
     while count.is_none_or(|n| done < n) {
@@ -439,7 +468,14 @@ fn checkpoint(
         let c = match session.epoch() {
             Ok(c) => c,
             Err(cs_driver::error::CaptureError::Cancelled(_)) => break,
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("epoch {}", done + 1))),
+            Err(e) => {
+                // A launched program that ended ends the checkpoint with it.
+                if let Some(st) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    eprintln!("cs-driver: the program ended ({st}) after {done} epochs");
+                    return Ok(exit_code(st.code().unwrap_or(1)));
+                }
+                return Err(anyhow::Error::new(e).context(format!("epoch {}", done + 1)));
+            }
         };
         match write(&c) {
             Ok(stats) => report(&c, &stats),
@@ -447,6 +483,26 @@ fn checkpoint(
             Err(e) => return Err(e),
         }
         done += 1;
+        if let Some(k) = keep {
+            if folding.as_ref().is_none_or(|h| h.is_finished()) {
+                if let Some(h) = folding.take() {
+                    joined_fold(h)?;
+                }
+                let all = chain::list(dir)?;
+                let base = all.iter().rposition(|f| f.full).unwrap_or(0);
+                if (all.len() - base - 1) as u64 > k {
+                    let (dir, upto) = (dir.to_path_buf(), c.epoch);
+                    // In the background: a fold reads and writes whole images; the
+                    // freezes go on meanwhile.
+                    folding = Some(std::thread::spawn(move || {
+                        chain::compact(&dir, upto).map_err(anyhow::Error::from)
+                    }));
+                }
+            }
+        }
+    }
+    if let Some(h) = folding.take() {
+        joined_fold(h)?;
     }
     eprintln!(
         "cs-driver: {done} epochs in {}; process {} runs on",
@@ -454,6 +510,22 @@ fn checkpoint(
         session.pid()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for a background fold and reports it. A fold cut short by Ctrl-C is no
+/// error: its temporary file is gone and the chain it would have replaced is intact.
+fn joined_fold(h: std::thread::JoinHandle<anyhow::Result<u64>>) -> anyhow::Result<()> {
+    match h
+        .join()
+        .map_err(|_| anyhow::anyhow!("the folding thread panicked"))?
+    {
+        Ok(n) => eprintln!("cs-driver: folded the chain into epoch {n} (full)"),
+        Err(_) if cs_driver::cancel::requested().is_some() => {
+            eprintln!("cs-driver: a fold in progress was cancelled; the chain is unchanged")
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 /// Folds a checkpoint folder's chain (to `epoch`, or the newest) into one full

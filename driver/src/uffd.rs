@@ -227,7 +227,25 @@ pub fn pagemap_scan_flags(
     flags: u64,
     out: &mut Vec<PageRegion>,
 ) -> io::Result<()> {
-    let mut vec = vec![PageRegion::default(); 4096];
+    // One result buffer per thread, reused: an epoch's freeze makes one call per
+    // written run, and allocating and zeroing 96 KiB each time cost ~9% of it
+    // (perf, benches/README.md).
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<PageRegion>> =
+            std::cell::RefCell::new(vec![PageRegion::default(); 4096]);
+    }
+    BUF.with(|b| scan_into(fd, start, end, q, flags, &mut b.borrow_mut(), out))
+}
+
+fn scan_into(
+    fd: RawFd,
+    start: u64,
+    end: u64,
+    q: ScanQuery,
+    flags: u64,
+    vec: &mut [PageRegion],
+    out: &mut Vec<PageRegion>,
+) -> io::Result<()> {
     let mut arg = PmScanArg {
         size: std::mem::size_of::<PmScanArg>() as u64,
         flags,

@@ -278,3 +278,166 @@ fn a_killed_checkpointer_leaves_the_program_serving_and_a_restorable_folder() {
     check_serving(r.pid, &addr, 5, MARKER).expect("restored from a killed checkpointer's folder");
     verify_preload(&addr, mib, Duration::from_secs(60)).expect("preloaded values");
 }
+
+/// Appends to `path` a history (client 999) of a GET of every key `prefix0 ..
+/// prefix{n-1}` on the program at `addr`, as it answers now.
+fn read_back(addr: &str, prefix: &str, n: usize, path: &Path) {
+    let mut out = String::new();
+    for i in 0..n {
+        let key = format!("{prefix}{i}");
+        let invoke = now_ns();
+        let got = kv_get(addr, &key, Duration::from_secs(5)).expect("GET after restore");
+        let complete = now_ns();
+        let line = serde_json::json!({
+            "client": 999, "op": "get", "key": key,
+            "output": got.clone().unwrap_or_default(), "found": got.is_some(),
+            "invoke_ns": invoke, "complete_ns": complete,
+            "invoke_wall_ns": invoke, "complete_wall_ns": complete, "status": "ok",
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let mib = 32;
+    let dir = temp_dir("epochs-200");
+    let ck = dir.path().join("ck");
+    let _ = driver::stub();
+    let mut drv = Command::new(driver::driver())
+        .args(["checkpoint", "-o"])
+        .arg(&ck)
+        .args(["--interval", "20", "--keep", "5", "--"])
+        .arg(fixture_bin(GoToolchain::Go127, "kvstore"))
+        .args(["-addr", "127.0.0.1:0", "-preload-mib", &mib.to_string()])
+        .env("CS_TEST_VERIFY_CHAIN", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cs-driver checkpoint -- kvstore");
+    let mut ready = String::new();
+    std::io::BufReader::new(drv.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let f: Vec<&str> = ready.split_whitespace().collect();
+    assert_eq!(
+        f.first(),
+        Some(&"READY"),
+        "the launched kvstore said {ready:?}"
+    );
+    let (pid, addr): (u32, String) = (f[1].parse().unwrap(), f[2].to_string());
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let err = drv.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    let newest = || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                l.strip_prefix("cs-driver: epoch ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    kv_put(&addr, MARKER, MARKER);
+    let hist = dir.path().join("history.jsonl");
+    let client = Command::new(fixture_bin(GoToolchain::Go127, "kvclient"))
+        .args([
+            "-addr",
+            &addr,
+            "-conns",
+            "4",
+            "-duration",
+            "3s",
+            "-keys",
+            "50",
+        ])
+        .arg("-history")
+        .arg(&hist)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("kvclient");
+    assert!(client.success(), "the load client failed");
+    // Every acknowledged write is older than the next epoch; then at least 200.
+    let after_load = newest() + 2;
+    let t = Instant::now();
+    while newest() < after_load.max(200) {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "epochs stalled at {}:\n{}",
+            newest(),
+            lines.lock().unwrap().join("\n")
+        );
+        assert!(
+            drv.try_wait().unwrap().is_none(),
+            "checkpoint ended:\n{}",
+            lines.lock().unwrap().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) with integers.
+    unsafe { libc::kill(drv.id() as i32, libc::SIGINT) };
+    let status = drv.wait().unwrap();
+    // The launched program shares the driver's stderr: the reader ends only once
+    // the program is gone too; wait for the driver's last line instead.
+    let t = Instant::now();
+    while !lines.lock().unwrap().iter().any(|l| l.contains("runs on"))
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let said = lines.lock().unwrap().join("\n");
+    assert!(status.success(), "checkpoint failed ({status}):\n{said}");
+    let epochs = newest();
+    let folds = said.matches("folded the chain").count();
+    eprintln!("{epochs} epochs, {folds} folds");
+    assert!(folds > 0, "--keep 5 never folded:\n{said}");
+    let files = committed(&ck);
+    assert!(files <= 5 + 1 + 2, "--keep 5 left {files} epoch files");
+    check_serving(pid, &addr, 4, MARKER).expect("after 200 epochs");
+    assert_eq!(
+        (uffd_fds(pid), rwx_mappings(pid).len()),
+        (0, 0),
+        "the checkpointer left something in the program"
+    );
+    let history = history::load_kv(&[&hist]).expect("history");
+    assert!(matches!(
+        kv::check_kv(&history, &kv::KvCheckOptions::default()),
+        kv::KvVerdict::Linearizable { .. }
+    ));
+
+    // The machine "dies": the newest epoch must hold every acknowledged write.
+    // SAFETY: kill(2) with integers.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_dead(pid);
+    reader.join().unwrap();
+    let r = restore_detached_with(&ck, dir.path(), &[]).expect("restore of the newest epoch");
+    check_serving(r.pid, &addr, 6, MARKER).expect("restored");
+    verify_preload(&addr, mib, Duration::from_secs(60)).expect("preloaded values");
+    let reads = dir.path().join("after.jsonl");
+    read_back(&addr, "k", 50, &reads);
+    let all = history::load_kv(&[&hist, &reads]).expect("histories");
+    let verdict = kv::check_kv(&all, &kv::KvCheckOptions::default());
+    assert!(
+        matches!(verdict, kv::KvVerdict::Linearizable { .. }),
+        "the restored program's values do not follow the client's history: {verdict}"
+    );
+}
