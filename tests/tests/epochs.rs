@@ -253,7 +253,7 @@ fn a_killed_checkpointer_leaves_the_program_serving_and_a_restorable_folder() {
         seed ^= seed << 17;
         let delay = Duration::from_millis(50 + seed % 1000);
         let ck = dir.path().join(format!("ck{trial}"));
-        let mut c = checkpoint(pid, &ck, &["--interval", "30"], &[]);
+        let mut c = checkpoint(pid, &ck, &["--interval", "30", "--keep", "2"], &[]);
         std::thread::sleep(delay);
         let _ = c.kill();
         let _ = c.wait();
@@ -440,4 +440,167 @@ fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
         matches!(verdict, kv::KvVerdict::Linearizable { .. }),
         "the restored program's values do not follow the client's history: {verdict}"
     );
+}
+
+/// lockserver under 3 lock clients for 3 s while checkpointed at 50 Hz: no
+/// double grant, no wrong answer, and its newest epoch restores and serves.
+fn lockserver_at_50_hz(tc: GoToolchain) {
+    use cs_tests::check::history::load_lock;
+    use cs_tests::check::lock::check_locks;
+    use cs_tests::fixture::Client;
+    let dir = temp_dir("epochs-lock");
+    let ck = dir.path().join("ck");
+    let server = Service::start(
+        &fixture_bin(tc, "lockserver"),
+        &["-addr", "127.0.0.1:0", "-log-stats", "0"],
+    )
+    .expect("start lockserver");
+    let (pid, addr) = (server.pid(), server.addr().to_string());
+    let ckp = checkpoint(pid, &ck, &["--interval", "20", "--keep", "20"], &[]);
+    let histories: Vec<std::path::PathBuf> = (1..=3)
+        .map(|i| dir.path().join(format!("lock-{i}.jsonl")))
+        .collect();
+    let clients: Vec<Client> = histories
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut c = Command::new(fixture_bin(tc, "lockclient"));
+            c.args(["-addr", &addr, "-duration", "3s", "-max-time", "90s"])
+                .args(["-conns", "2", "-locks", "4", "-hold", "1ms", "-quiet"])
+                .args(["-client-id-base", &format!("{}", 100 * (i + 1))])
+                .args(["-seed", &format!("{}", i + 1), "-history"])
+                .arg(h);
+            Client::spawn(c).expect("start lockclient")
+        })
+        .collect();
+    for c in clients {
+        let run = c
+            .wait(Duration::from_secs(120))
+            .expect("lockclient finishes");
+        run.assert_success();
+        let s = run.summary().expect("summary");
+        assert_eq!(s["wrong"], 0, "{tc}: {s}");
+    }
+    // SAFETY: kill(2) with integers.
+    unsafe { libc::kill(ckp.id() as i32, libc::SIGINT) };
+    let (status, said) = finish(ckp, Duration::from_secs(60));
+    assert!(status.success(), "{tc}: checkpoint failed:\n{said}");
+    let epochs = said.matches("cs-driver: epoch ").count();
+    assert!(
+        epochs >= 50,
+        "{tc}: only {epochs} epochs in 3 s at 50 Hz:\n{said}"
+    );
+    let report = check_locks(&load_lock(&histories).expect("histories"));
+    assert!(
+        report.ok(),
+        "{tc}: mutual exclusion violated while checkpointed: {report}"
+    );
+    assert!(report.holds.len() >= 50, "{tc}: too little work: {report}");
+    drop(server);
+    wait_dead(pid);
+    let r = restore_detached_with(&ck, dir.path(), &[]).expect("restore lockserver");
+    cs_tests::fixture::wait_until_accepting(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{tc}: the restored lockserver does not accept: {e}"));
+    assert!(
+        r.alive(),
+        "{tc}: restored lockserver died:\n{}",
+        r.stderr_tail()
+    );
+}
+
+#[test]
+fn lockserver_checkpointed_at_50_hz_go127() {
+    lockserver_at_50_hz(GoToolchain::Go127);
+}
+
+#[test]
+fn lockserver_checkpointed_at_50_hz_go119() {
+    lockserver_at_50_hz(GoToolchain::Go119);
+}
+
+/// The MapReduce coordinator checkpointed at 50 Hz while three workers run; the
+/// coordinator then dies mid-job and its newest epoch, restored, finishes the job
+/// with a correct output.
+fn mapreduce_at_50_hz(tc: GoToolchain) {
+    use cs_tests::check::mr::check_mr;
+    use cs_tests::fixture::{run_client, Client};
+    let dir = temp_dir("epochs-mr");
+    let ck = dir.path().join("ck");
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    let coord_bin = fixture_bin(tc, "mrcoord");
+    run_client(
+        &coord_bin,
+        &[
+            "-gen-inputs",
+            input.to_str().unwrap(),
+            "-gen-mib",
+            "4",
+            "-gen-files",
+            "8",
+        ],
+        Duration::from_secs(60),
+    )
+    .expect("generate inputs")
+    .assert_success();
+    let coord = Service::start(
+        &coord_bin,
+        &[
+            "-addr",
+            "127.0.0.1:0",
+            "-inputs",
+            input.to_str().unwrap(),
+            "-nreduce",
+            "4",
+            "-log-stats",
+            "0",
+        ],
+    )
+    .expect("start mrcoord");
+    let pid = coord.pid();
+    let ckp = checkpoint(pid, &ck, &["--interval", "20"], &[]);
+    let workers: Vec<Client> = (1..=3)
+        .map(|i| {
+            let mut c = Command::new(fixture_bin(tc, "mrworker"));
+            c.args(["-coord", coord.addr(), "-out", output.to_str().unwrap()])
+                .args(["-id", &format!("w{i}"), "-map-delay", "300ms"]);
+            Client::spawn(c).expect("start mrworker")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(600));
+    // The machine dies: the checkpointer with it, then the coordinator.
+    let mut ckp = ckp;
+    let _ = ckp.kill();
+    let _ = ckp.wait();
+    let before = coord.stdout_tail(4096);
+    assert!(
+        !before.contains("DONE"),
+        "{tc}: the job ended before the coordinator died"
+    );
+    drop(coord);
+    wait_dead(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    let restored = restore_detached_with(&ck, dir.path(), &[]).expect("restore mrcoord");
+    for w in workers {
+        w.wait(Duration::from_secs(120))
+            .expect("worker finishes")
+            .assert_success();
+    }
+    let report = check_mr(&input, &output).unwrap_or_else(|e| panic!("{tc}: {e}"));
+    assert!(report.ok(), "{tc}: {report}");
+    assert_eq!(report.output_files, 4);
+    let out = std::fs::read_to_string(&restored.stdout).unwrap_or_default();
+    assert!(
+        out.contains("DONE"),
+        "{tc}: the restored coordinator never said DONE; stdout: {out}"
+    );
+}
+
+#[test]
+fn mapreduce_coordinator_checkpointed_at_50_hz_go127() {
+    mapreduce_at_50_hz(GoToolchain::Go127);
+}
+
+#[test]
+fn mapreduce_coordinator_checkpointed_at_50_hz_go119() {
+    mapreduce_at_50_hz(GoToolchain::Go119);
 }
