@@ -9,9 +9,9 @@
 //!
 //! - in a tracked mapping, one `PAGEMAP_SCAN` lists the pages written since the
 //!   last scan and protects them again in the same walk
-//!   ([`crate::track::written_and_reprotect`]); a listed page that is absent was
-//!   released by the program (`MADV_DONTNEED`): a zero run in an anonymous mapping,
-//!   its file's bytes (read) in a file mapping;
+//!   ([`crate::track::written_and_reprotect`]); every listed page is read: one the
+//!   program released (`MADV_DONTNEED`) reads as zeros in an anonymous mapping (a
+//!   zero run in the epoch) and as its file's bytes in a file mapping;
 //! - a mapping that is not tracked (new since the last epoch: Go's heap growth, a
 //!   fresh `mmap`) is registered and protected in the freeze, and all of it is
 //!   carried: its present pages, and zero runs for the rest when it is anonymous,
@@ -210,12 +210,6 @@ pub(crate) fn capture_delta(
         path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
         source: e,
     };
-    let present_q = track::Query {
-        inverted: 0,
-        all: 0,
-        any: track::PAGE_IS_PRESENT | track::PAGE_IS_SWAPPED,
-        ret: track::PAGE_IS_PRESENT | track::PAGE_IS_SWAPPED,
-    };
     // Ranges to copy, in address order.
     let mut copy: Vec<(u64, u64)> = Vec::new();
     let mut listed = Vec::new();
@@ -231,27 +225,13 @@ pub(crate) fn capture_delta(
             listed.clear();
             track::written_and_reprotect(&tracker.pagemap, m.start, m.end, &mut listed)
                 .map_err(scan_err)?;
-            for r in &listed {
-                if file_backed {
-                    // A released page of a file mapping reads as the file's bytes.
-                    copy.push((r.start, r.end));
-                    continue;
-                }
-                present.clear();
-                track::scan(&tracker.pagemap, r.start, r.end, present_q, &mut present)
-                    .map_err(scan_err)?;
-                let mut at = r.start;
-                for p in &present {
-                    if p.start > at {
-                        zeros.push((at, p.start));
-                    }
-                    copy.push((p.start, p.end));
-                    at = p.end;
-                }
-                if at < r.end {
-                    zeros.push((at, r.end));
-                }
-            }
+            // Every listed page is read, present or not: a released anonymous
+            // page reads as zeros (the encoder writes a zero run for it) and one
+            // of a file mapping as the file's bytes. No presence scan per run:
+            // with scattered writes that was one ioctl per page. The read maps
+            // the zero page at an absent address; the page keeps its
+            // write-protect marker, so it is not listed again unless written.
+            copy.extend(listed.iter().map(|r| (r.start, r.end)));
         } else {
             // New since the last epoch: start tracking it now (nothing runs until
             // the resume), and carry all of it.

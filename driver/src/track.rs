@@ -556,6 +556,16 @@ mod epoch_facts {
             "and protected again"
         );
         assert!(!present(&t, base, len).contains(&12), "still released");
+        // An epoch reads a listed released page (zeros): the read fault keeps it
+        // protected, so the next epoch does not list it again.
+        // SAFETY: page 12 lies in our mapping; reading it maps the zero page.
+        let z = unsafe { std::ptr::read_volatile(mem.as_ptr().add(12 * 4096)) };
+        assert_eq!(z, 0);
+        assert_eq!(
+            written(&t, base, len),
+            Vec::<u64>::new(),
+            "a read is not a write"
+        );
         // A write to the released page later is a write again.
         mem[12 * 4096] = 4;
         assert_eq!(written(&t, base, len), vec![12]);
