@@ -630,9 +630,6 @@ pub(crate) fn capture_frozen(
         wall_ns,
         zeros,
     };
-    // The program may have opened something since the first check: the capture
-    // itself is checked too (a refusal here resumes it, unchanged).
-    crate::refuse::captured(&c)?;
     Ok((c, frozen))
 }
 
@@ -673,6 +670,9 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
         None => Memory::Full,
     };
     let (c, frozen) = capture_frozen(&mut a, staging, memory, times, precopy_note)?;
+    // The program may have opened something since the first check: the capture
+    // itself is checked too, still frozen (a refusal here resumes it, unchanged).
+    crate::refuse::captured(&c)?;
     let held = Held {
         frozen_at: frozen.frozen_at,
         frozen: Some(frozen),

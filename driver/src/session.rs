@@ -181,6 +181,9 @@ impl Session {
         frozen.resume();
         inject::redeliver_deferred(pid);
         c.times.pause = at.elapsed();
+        // After the resume (an epoch never kills, so a refusal only stops the
+        // session): no epoch that restore would refuse is written.
+        crate::refuse::captured(&c)?;
         self.next += 1;
         Ok(c)
     }
