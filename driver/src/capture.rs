@@ -1176,16 +1176,7 @@ pub(crate) fn refuse_shared_anon(
     if v.shared {
         return Err(CaptureError::Unsupported {
             pid,
-            what: format!(
-                "shared memory that is not a file mapping at {:#x}-{:#x} ({})",
-                m.start,
-                m.end,
-                if m.name.is_empty() {
-                    "anonymous"
-                } else {
-                    &m.name
-                }
-            ),
+            what: crate::refuse::shared_memory(m),
         });
     }
     Ok(())

@@ -55,6 +55,20 @@ pub fn children(pid: i32) -> Vec<(i32, String)> {
     out
 }
 
+/// How a shared mapping that is not a file's is named in a refusal.
+pub fn shared_memory(m: &MapEntry) -> String {
+    format!(
+        "shared memory that is not a file mapping at {:#x}-{:#x} ({})",
+        m.start,
+        m.end,
+        if m.name.is_empty() {
+            "anonymous"
+        } else {
+            &m.name
+        }
+    )
+}
+
 fn mapping_items(maps: &[MapEntry]) -> Vec<String> {
     let mut items = Vec::new();
     if maps.len() > restore_stub::MAX_VMAS {
@@ -69,16 +83,7 @@ fn mapping_items(maps: &[MapEntry]) -> Vec<String> {
         // MAP_SHARED|MAP_ANONYMOUS shows as a deleted /dev/zero; SysV segments too.
         let shmem = m.name == "/dev/zero (deleted)" || m.name.starts_with("/SYSV");
         if m.shared && (shmem || (!file && !m.name.starts_with('['))) {
-            items.push(format!(
-                "shared memory that is not a file mapping at {:#x}-{:#x} ({})",
-                m.start,
-                m.end,
-                if m.name.is_empty() {
-                    "anonymous"
-                } else {
-                    &m.name
-                }
-            ));
+            items.push(shared_memory(m));
         } else if file && m.name.ends_with(" (deleted)") {
             items.push(format!(
                 "mapping {:#x}-{:#x} of a file deleted since it was mapped: {}",

@@ -736,6 +736,51 @@ pub fn run_client(
     Client::spawn(cmd)?.wait(timeout)
 }
 
+/// `kvclient -addr ADDR -conns 4 -duration DURATION -keys 50 -history HISTORY`, its
+/// output discarded, ready to spawn or run.
+pub fn kv_load(tc: GoToolchain, addr: &str, duration: &str, history: &Path) -> Command {
+    let mut c = Command::new(fixture_bin(tc, "kvclient"));
+    c.args([
+        "-addr",
+        addr,
+        "-conns",
+        "4",
+        "-duration",
+        duration,
+        "-keys",
+        "50",
+    ])
+    .arg("-history")
+    .arg(history)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
+/// Three lock clients (`lockclient`, 2 connections each over 4 locks, ids 100,
+/// 200, 300 and up) against `addr` for `duration`, each recording its history in
+/// the matching file of `histories`.
+pub fn lock_clients(
+    tc: GoToolchain,
+    addr: &str,
+    duration: &str,
+    histories: &[PathBuf],
+) -> Vec<Client> {
+    histories
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut c = Command::new(fixture_bin(tc, "lockclient"));
+            c.args(["-addr", addr, "-duration", duration, "-max-time", "90s"])
+                .args(["-conns", "2", "-locks", "4", "-hold", "1ms", "-quiet"])
+                .args(["-client-id-base", &format!("{}", 100 * (i + 1))])
+                .args(["-seed", &format!("{}", i + 1), "-history"])
+                .arg(h);
+            Client::spawn(c).expect("start lockclient")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,15 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits (up to 5 s) until `pid` is gone or a zombie (its sockets are closed by
+/// then, so its address can be bound again).
+pub fn wait_gone(pid: u32) {
+    let t = Instant::now();
+    while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Threads that are stopped, traced or dead: (tid, state, tracer). `None` when
 /// the process is gone.
 pub fn unhealthy_threads(pid: u32) -> Option<Vec<(u32, String, String)>> {

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use cs_tests::check::preload::verify_preload;
 use cs_tests::check::{history, kv};
 use cs_tests::driver::{self, restore_detached_with};
-use cs_tests::fixture::{fixture_bin, temp_dir, GoToolchain, Service};
-use cs_tests::procs::{alive, check_serving, kv_get, kv_put, rwx_mappings, uffd_fds};
+use cs_tests::fixture::{fixture_bin, kv_load, lock_clients, temp_dir, GoToolchain, Service};
+use cs_tests::procs::{check_serving, kv_get, kv_put, rwx_mappings, uffd_fds, wait_gone};
 
 const MARKER: &str = "epochs-marker";
 
@@ -107,13 +107,6 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-fn wait_dead(pid: u32) {
-    let t = Instant::now();
-    while alive(pid) && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn the_chain_is_exact_and_restores_newest_and_older_epochs() {
     for tc in GoToolchain::ALL {
@@ -129,23 +122,7 @@ fn the_chain_is_exact_and_restores_newest_and_older_epochs() {
         kv_put(&addr, MARKER, MARKER);
         let fds_before = (uffd_fds(pid), rwx_mappings(pid));
         let hist = dir.path().join("history.jsonl");
-        let mut client = Command::new(fixture_bin(tc, "kvclient"))
-            .args([
-                "-addr",
-                &addr,
-                "-conns",
-                "4",
-                "-duration",
-                "3s",
-                "-keys",
-                "50",
-            ])
-            .arg("-history")
-            .arg(&hist)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("kvclient");
+        let mut client = kv_load(tc, &addr, "3s", &hist).spawn().expect("kvclient");
         let ckp = checkpoint(
             pid,
             &ck,
@@ -202,7 +179,7 @@ fn the_chain_is_exact_and_restores_newest_and_older_epochs() {
             .unwrap_or_else(|| panic!("{tc:?}: no epoch between the two writes: {list:?}"))
             .0;
         drop(store);
-        wait_dead(pid);
+        wait_gone(pid);
         let r = restore_detached_with(&ck, dir.path(), &["--epoch", &older.to_string()])
             .unwrap_or_else(|e| panic!("{tc:?}: restore --epoch {older}: {e}"));
         check_serving(r.pid, &addr, 2, MARKER)
@@ -272,7 +249,7 @@ fn a_killed_checkpointer_leaves_the_program_serving_and_a_restorable_folder() {
     // The newest committed epoch of the last folder restores whole.
     let last = restorable.last().unwrap().clone();
     drop(store);
-    wait_dead(pid);
+    wait_gone(pid);
     let r = restore_detached_with(&last, dir.path(), &[])
         .unwrap_or_else(|e| panic!("restoring {}: {e}", last.display()));
     check_serving(r.pid, &addr, 5, MARKER).expect("restored from a killed checkpointer's folder");
@@ -358,21 +335,7 @@ fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
     };
     kv_put(&addr, MARKER, MARKER);
     let hist = dir.path().join("history.jsonl");
-    let client = Command::new(fixture_bin(GoToolchain::Go127, "kvclient"))
-        .args([
-            "-addr",
-            &addr,
-            "-conns",
-            "4",
-            "-duration",
-            "3s",
-            "-keys",
-            "50",
-        ])
-        .arg("-history")
-        .arg(&hist)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let client = kv_load(GoToolchain::Go127, &addr, "3s", &hist)
         .status()
         .expect("kvclient");
     assert!(client.success(), "the load client failed");
@@ -427,7 +390,7 @@ fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
     // The machine "dies": the newest epoch must hold every acknowledged write.
     // SAFETY: kill(2) with integers.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    wait_dead(pid);
+    wait_gone(pid);
     reader.join().unwrap();
     let r = restore_detached_with(&ck, dir.path(), &[]).expect("restore of the newest epoch");
     check_serving(r.pid, &addr, 6, MARKER).expect("restored");
@@ -447,7 +410,6 @@ fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
 fn lockserver_at_50_hz(tc: GoToolchain) {
     use cs_tests::check::history::load_lock;
     use cs_tests::check::lock::check_locks;
-    use cs_tests::fixture::Client;
     let dir = temp_dir("epochs-lock");
     let ck = dir.path().join("ck");
     let server = Service::start(
@@ -460,19 +422,7 @@ fn lockserver_at_50_hz(tc: GoToolchain) {
     let histories: Vec<std::path::PathBuf> = (1..=3)
         .map(|i| dir.path().join(format!("lock-{i}.jsonl")))
         .collect();
-    let clients: Vec<Client> = histories
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let mut c = Command::new(fixture_bin(tc, "lockclient"));
-            c.args(["-addr", &addr, "-duration", "3s", "-max-time", "90s"])
-                .args(["-conns", "2", "-locks", "4", "-hold", "1ms", "-quiet"])
-                .args(["-client-id-base", &format!("{}", 100 * (i + 1))])
-                .args(["-seed", &format!("{}", i + 1), "-history"])
-                .arg(h);
-            Client::spawn(c).expect("start lockclient")
-        })
-        .collect();
+    let clients = lock_clients(tc, &addr, "3s", &histories);
     for c in clients {
         let run = c
             .wait(Duration::from_secs(120))
@@ -497,7 +447,7 @@ fn lockserver_at_50_hz(tc: GoToolchain) {
     );
     assert!(report.holds.len() >= 50, "{tc}: too little work: {report}");
     drop(server);
-    wait_dead(pid);
+    wait_gone(pid);
     let r = restore_detached_with(&ck, dir.path(), &[]).expect("restore lockserver");
     cs_tests::fixture::wait_until_accepting(&addr, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{tc}: the restored lockserver does not accept: {e}"));
@@ -577,7 +527,7 @@ fn mapreduce_at_50_hz(tc: GoToolchain) {
         "{tc}: the job ended before the coordinator died"
     );
     drop(coord);
-    wait_dead(pid);
+    wait_gone(pid);
     std::thread::sleep(Duration::from_millis(300));
     let restored = restore_detached_with(&ck, dir.path(), &[]).expect("restore mrcoord");
     for w in workers {

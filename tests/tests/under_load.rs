@@ -18,7 +18,8 @@ use cs_tests::check::mr::check_mr;
 use cs_tests::check::preload::verify_preload;
 use cs_tests::driver::{self, Restored};
 use cs_tests::fixture::{
-    fixture_bin, run_client, temp_dir, wait_until_accepting, Client, GoToolchain, Service,
+    fixture_bin, lock_clients, run_client, temp_dir, wait_until_accepting, Client, GoToolchain,
+    Service,
 };
 
 fn p(path: &Path) -> &str {
@@ -139,18 +140,7 @@ fn lockserver_mid_run(tc: GoToolchain) {
     let histories: Vec<PathBuf> = (1..=3)
         .map(|i| dir.path().join(format!("lock-{i}.jsonl")))
         .collect();
-    let clients: Vec<Client> = histories
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let mut c = Command::new(fixture_bin(tc, "lockclient"));
-            c.args(["-addr", &addr, "-duration", "6s", "-max-time", "90s"])
-                .args(["-conns", "2", "-locks", "4", "-hold", "1ms", "-quiet"])
-                .args(["-client-id-base", &format!("{}", 100 * (i + 1))])
-                .args(["-seed", &format!("{}", i + 1), "-history", p(h)]);
-            Client::spawn(c).expect("start lockclient")
-        })
-        .collect();
+    let clients = lock_clients(tc, &addr, "6s", &histories);
     std::thread::sleep(Duration::from_secs(2));
     let image = dir.path().join("lock.img");
     driver::dump(server.pid(), &image, false);
