@@ -67,6 +67,11 @@ enum Cmd {
         /// folded into a new full epoch in the background.
         #[arg(long)]
         keep: Option<u64>,
+        /// No write tracking: every epoch is a full one, copied inside its freeze
+        /// (what happens on a kernel without userfaultfd write-protect; for
+        /// comparison and tests).
+        #[arg(long)]
+        no_tracking: bool,
         /// Launch this program and protect it from its start.
         #[arg(last = true)]
         argv: Vec<String>,
@@ -257,8 +262,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             interval,
             count,
             keep,
+            no_tracking,
             argv,
-        } => checkpoint(pid, &argv, &output, interval, count, keep),
+        } => checkpoint(
+            pid,
+            &argv,
+            &output,
+            interval,
+            count,
+            keep,
+            capture::Options {
+                precopy: !no_tracking,
+            },
+        ),
         Cmd::Restore {
             image: path,
             epoch,
@@ -390,6 +406,7 @@ fn checkpoint(
     interval: u64,
     count: Option<u64>,
     keep: Option<u64>,
+    opts: capture::Options,
 ) -> anyhow::Result<ExitCode> {
     use cs_driver::{chain, session::Session};
     let mut child = None;
@@ -448,10 +465,12 @@ fn checkpoint(
             c.threads.len()
         );
     };
-    let (mut session, first) = Session::start(pid, capture::Options::default())
-        .with_context(|| format!("capturing process {pid}; {left}"))?;
+    let (mut session, first) =
+        Session::start(pid, opts).with_context(|| format!("capturing process {pid}; {left}"))?;
     if let Some(note) = &session.note {
         eprintln!("cs-driver: {note}; every epoch will be a full one");
+    } else if !opts.precopy {
+        eprintln!("cs-driver: no write tracking (--no-tracking): every epoch is a full one");
     }
     let stats = write(&first)?;
     report(&first, &stats);

@@ -554,3 +554,37 @@ fn mapreduce_coordinator_checkpointed_at_50_hz_go127() {
 fn mapreduce_coordinator_checkpointed_at_50_hz_go119() {
     mapreduce_at_50_hz(GoToolchain::Go119);
 }
+
+/// Without write tracking (a kernel without userfaultfd write-protect, or
+/// `--no-tracking`) every epoch is a full one, and the newest restores.
+#[test]
+fn without_tracking_every_epoch_is_full() {
+    let mib = 16;
+    let dir = temp_dir("epochs-full");
+    let ck = dir.path().join("ck");
+    let store = Service::start(
+        &fixture_bin(GoToolchain::Go127, "kvstore"),
+        &["-addr", "127.0.0.1:0", "-preload-mib", &mib.to_string()],
+    )
+    .expect("start kvstore");
+    let (pid, addr) = (store.pid(), store.addr().to_string());
+    kv_put(&addr, MARKER, MARKER);
+    let c = checkpoint(
+        pid,
+        &ck,
+        &["--interval", "50", "--count", "5", "--no-tracking"],
+        &[],
+    );
+    let (status, said) = finish(c, Duration::from_secs(60));
+    assert!(status.success(), "{said}");
+    assert!(said.contains("every epoch is a full one"), "{said}");
+    let out = driver::cs_ok(&["inspect", ck.to_str().unwrap()]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(listing.matches(" full ").count(), 5, "{listing}");
+    assert!(!listing.contains("delta"), "{listing}");
+    drop(store);
+    wait_gone(pid);
+    let r = restore_detached_with(&ck, dir.path(), &[]).expect("restore");
+    check_serving(r.pid, &addr, 1, MARKER).expect("restored");
+    verify_preload(&addr, mib, Duration::from_secs(60)).expect("preloaded values");
+}
