@@ -136,6 +136,14 @@ fn the_chain_is_exact_and_restores_newest_and_older_epochs() {
         // Two keys: one before an epoch's freeze, one after it.
         // Epochs are counted, not timed: the test mode's full read in every freeze
         // makes an epoch slow on a busy machine.
+        let t = Instant::now();
+        while committed(&ck) < 8 {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "{tc:?}: fewer than 8 epochs in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         kv_put(&addr, "before", "1");
         let t_before = now_ns();
         wait_epochs(&ck, 2);
