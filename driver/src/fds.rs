@@ -278,6 +278,13 @@ fn socket_kind(pidfd: RawFd, fd: i32, somaxconn: u32) -> Result<FdKind, String> 
             let (addr, port, _) = sockaddr(s, false)?;
             if listening {
                 let reuseaddr = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0;
+                // Not carried in the image yet: refused rather than restored without
+                // it (a server that rebinds on reload would then fail every reload).
+                if getsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0 {
+                    return Ok(FdKind::Other {
+                        what: b"TCP listener with SO_REUSEPORT".to_vec(),
+                    });
+                }
                 Ok(FdKind::TcpListen {
                     family,
                     mptcp,

@@ -55,6 +55,16 @@ pub fn children(pid: i32) -> Vec<(i32, String)> {
     out
 }
 
+/// POSIX timers (`timer_create`), listed in `/proc/PID/timers`: not restored yet,
+/// and a restored program would find them gone (`timer_gettime`: EINVAL).
+fn posix_timers(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ID:"))
+        .map(|id| format!("POSIX timer {} (timer_create)", id.trim()))
+        .collect()
+}
+
 /// How a shared mapping that is not a file's is named in a refusal.
 pub fn shared_memory(m: &MapEntry) -> String {
     format!(
@@ -125,6 +135,7 @@ pub fn before_freeze(pid: i32, pidfd: RawFd, maps: &[MapEntry]) -> Result<(), Ca
         .collect();
     items.extend(unrestorable_fds(pid, &fds::capture_fds(pid, pidfd)?));
     items.extend(mapping_items(maps));
+    items.extend(posix_timers(pid));
     let tids = crate::procfs::list_tids(pid)?;
     items.extend(seccomp_items(tids.iter().map(|&t| {
         let mode = crate::procfs::read_status_task(pid, t).map_or(0, |s| s.seccomp);
@@ -172,6 +183,7 @@ pub fn captured(c: &Capture) -> Result<(), CaptureError> {
     items.extend(seccomp_items(
         c.threads.iter().map(|t| (t.host_tid, t.creds.seccomp)),
     ));
+    items.extend(posix_timers(c.host_pid));
     let kids = children(c.host_pid);
     items.extend(
         kids.into_iter()

@@ -34,8 +34,16 @@ gone = open(path, "w"); os.unlink(path)
 shm = mmap.mmap(-1, 8192)
 shm[0:5] = b"hello"
 child = subprocess.Popen(["sleep", "300"])
+rp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+rp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+rp.bind(("127.0.0.1", 0)); rp.listen(8)
+class sigevent(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int), ("notify", ctypes.c_int), ("pad", ctypes.c_byte * 48)]
+ev = sigevent(None, 0, 1, (ctypes.c_byte * 48)())  # SIGEV_NONE
+tid = ctypes.c_void_p()
+assert libc.timer_create(1, ctypes.byref(ev), ctypes.byref(tid)) == 0
 assert min(tfd, ino) >= 0
-print("READY", os.getpid(), tfd, ino, mfd, dfd, gone.fileno(), udp.fileno(), child.pid, flush=True)
+print("READY", os.getpid(), tfd, ino, mfd, dfd, gone.fileno(), udp.fileno(), child.pid, rp.fileno(), flush=True)
 for line in sys.stdin:
     if line.strip() == "exit":
         child.kill(); child.wait()
@@ -61,6 +69,7 @@ fn dump_refuses_what_restore_cannot_bring_back_and_leaves_the_program_untouched(
     let n = |i: usize| f[i].parse::<u32>().unwrap();
     let (pid, tfd, ino, mfd, dfd, gone, udp, child) =
         (n(1), n(2), n(3), n(4), n(5), n(6), n(7), n(8));
+    let reuseport = n(9);
     let (rwx, uffds) = (rwx_mappings(pid), uffd_fds(pid));
 
     let image = dir.path().join("holder.img");
@@ -77,6 +86,8 @@ fn dump_refuses_what_restore_cannot_bring_back_and_leaves_the_program_untouched(
         format!("fd {gone}: /"),
         "shared memory that is not a file mapping".to_string(),
         format!("child process {child} (sleep)"),
+        format!("fd {reuseport}: TCP listener with SO_REUSEPORT"),
+        "(timer_create)".to_string(),
         "cannot restore yet, so it was not dumped".to_string(),
     ];
     for e in &expected {
