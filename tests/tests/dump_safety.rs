@@ -693,12 +693,13 @@ fn a_signal_before_the_commit_cancels_the_dump() {
     let env = [("CS_TEST_WRITE_DELAY_MS", "50")];
     #[derive(Debug, Clone, Copy)]
     enum When {
-        AfterSpawn(u64),
+        /// The temporary file exists: the driver is up, before anything else.
+        TempCreated,
         FirstAttach,
         InWrite,
     }
     let points = [
-        (When::AfterSpawn(5), libc::SIGINT),
+        (When::TempCreated, libc::SIGINT),
         (When::FirstAttach, libc::SIGINT),
         (When::InWrite, libc::SIGINT),
         (When::InWrite, libc::SIGTERM),
@@ -711,7 +712,15 @@ fn a_signal_before_the_commit_cancels_the_dump() {
         let t = Instant::now();
         let running = |c: &mut Child| matches!(c.try_wait(), Ok(None));
         match when {
-            When::AfterSpawn(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            // A fixed delay after the spawn could land before the driver catches
+            // signals (on a busy machine), which is not what this tests.
+            When::TempCreated => {
+                while running(&mut child) && t.elapsed() < Duration::from_secs(10) {
+                    if tmp.exists() {
+                        break;
+                    }
+                }
+            }
             When::FirstAttach => {
                 while running(&mut child) && t.elapsed() < Duration::from_secs(10) {
                     if cs_tests::procs::tracer(pid).is_some_and(|t| t != 0) {
