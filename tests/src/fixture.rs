@@ -360,7 +360,7 @@ impl Service {
                 source,
             })?;
         let stderr = Tail::new(TAIL_BYTES);
-        drain(
+        let stderr_reader = drain(
             child.stderr.take().expect("piped stderr"),
             stderr.clone(),
             echo,
@@ -403,6 +403,15 @@ impl Service {
                 let timed_out = matches!(e, mpsc::RecvTimeoutError::Timeout);
                 // Closed stdout without READY: give the process a moment to exit.
                 let status = service.wait_briefly();
+                // Once it exited, its last stderr bytes may still be in the pipe:
+                // let the reader reach EOF before the message is made (it once
+                // said "stderr ends with:" and nothing).
+                if status.is_some() {
+                    let t = Instant::now();
+                    while !stderr_reader.is_finished() && t.elapsed() < Duration::from_secs(2) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
                 let stderr_tail = service.stderr_tail(4096);
                 return Err(if timed_out && status.is_none() {
                     FixtureError::NotReady {
