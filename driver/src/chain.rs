@@ -29,6 +29,10 @@ pub struct EpochFile {
     pub path: PathBuf,
 }
 
+/// The side file where `checkpoint` notes each epoch's pause for `inspect DIR`
+/// (`<epoch> <ms>` per line; informational, never read by restore).
+pub const PAUSES: &str = "pauses.txt";
+
 /// The file name of epoch `n`.
 pub fn name(n: u64, full: bool) -> String {
     format!("{n:08}.{}", if full { "full" } else { "delta" })

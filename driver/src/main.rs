@@ -465,6 +465,18 @@ fn checkpoint(
         Ok(stats)
     };
     let report = |c: &capture::Capture, s: &image::WriteStats| {
+        // The pause is not part of the epoch's frames: a side file keeps it for
+        // `inspect DIR` (informational; not synced, never read by restore).
+        {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(chain::PAUSES))
+            {
+                let _ = writeln!(f, "{} {:.3}", c.epoch, ms(c.times.pause));
+            }
+        }
         eprintln!(
             "cs-driver: epoch {} ({}): pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2}, fds {:.2}), {} pages ({} zero), {} bytes, {} threads",
             c.epoch,
@@ -632,21 +644,31 @@ fn inspect_folder(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let _ = writeln!(out, "{}: {} epochs", dir.display(), all.len());
     let _ = writeln!(
         out,
-        "{:>8}  {:<5}  {:>23}  {:>8}  {:>8}  {:>12}",
-        "epoch", "kind", "time (UTC, s)", "pages", "zero", "bytes"
+        "{:>8}  {:<5}  {:>23}  {:>8}  {:>8}  {:>12}  {:>9}",
+        "epoch", "kind", "time (UTC, s)", "pages", "zero", "bytes", "pause ms"
     );
+    let pauses: std::collections::HashMap<u64, String> =
+        std::fs::read_to_string(dir.join(chain::PAUSES))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (e, p) = l.split_once(' ')?;
+                Some((e.parse().ok()?, p.to_string()))
+            })
+            .collect();
     for f in &all {
         let file = image::open_image(&f.path)?;
         let s = image::read_image_any(&file, &f.path.display().to_string())?;
         let _ = writeln!(
             out,
-            "{:>8}  {:<5}  {:>23.3}  {:>8}  {:>8}  {:>12}",
+            "{:>8}  {:<5}  {:>23.3}  {:>8}  {:>8}  {:>12}  {:>9}",
             s.epoch,
             if s.full { "full" } else { "delta" },
             s.wall_ns as f64 / 1e9,
             s.pages_stored,
             s.pages_zero,
-            s.bytes
+            s.bytes,
+            pauses.get(&s.epoch).map_or("-", |p| p.as_str())
         );
     }
     Ok(ExitCode::SUCCESS)

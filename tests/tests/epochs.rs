@@ -82,7 +82,10 @@ fn epochs(dir: &Path) -> Vec<(u64, u64)> {
 fn committed(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| {
         d.flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                !n.starts_with('.') && (n.ends_with(".full") || n.ends_with(".delta"))
+            })
             .count()
     })
 }
