@@ -196,7 +196,15 @@ pub fn fold(chain: &[EpochFile], out: &mut ImageOut) -> Result<u64, ImageError> 
         bytes: &bytes,
         srcs: &srcs,
     };
-    image::write_folded(out, bytes[last], &addrs, &source, newest.epoch)?;
+    let newest_path = chain[last].path.display().to_string();
+    image::write_folded(
+        out,
+        &newest_path,
+        bytes[last],
+        &addrs,
+        &source,
+        newest.epoch,
+    )?;
     Ok(newest.epoch)
 }
 

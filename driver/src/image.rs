@@ -727,21 +727,24 @@ fn encode_with<W: Write + ?Sized>(
 /// EpochBegin says Full; the commit is computed anew.
 pub fn write_folded(
     out: &mut ImageOut,
+    newest_path: &str,
     newest: &[u8],
     addrs: &[u64],
     pages: &dyn cf::PageSource,
     epoch: u64,
 ) -> Result<WriteStats, ImageError> {
+    let out_path = out.temp_path().display().to_string();
     out.write_with(|w| {
         let bad = |offset: usize, source| ImageError::Frame {
-            path: "newest epoch".into(),
+            path: newest_path.into(),
             offset: offset as u64,
             source,
         };
         let mut stats = WriteStats::default();
         let mut digest = cf::EpochDigest::new();
+        let folded = out_path.clone();
         let io = |e| ImageError::Io {
-            path: "folded image".into(),
+            path: folded.clone(),
             source: e,
         };
         let mut off = 0usize;

@@ -613,8 +613,19 @@ fn fold_folder(dir: &std::path::Path, epoch: Option<u64>) -> anyhow::Result<File
         );
     }
     let chain = chain::chain_for(&all, epoch, dir)?;
-    let folded = dir.join(format!(".folded-{}.img", std::process::id()));
-    let mut out = image::ImageOut::create(&folded)?;
+    // Beside the epochs (same filesystem, room for an image); in the temporary
+    // directory when the folder is read-only (a copy on read-only media).
+    let name = format!(".folded-{}.img", std::process::id());
+    let (folded, mut out) = match image::ImageOut::create(&dir.join(&name)) {
+        Ok(out) => (dir.join(&name), out),
+        Err(first) => {
+            let tmp = std::env::temp_dir().join(&name);
+            match image::ImageOut::create(&tmp) {
+                Ok(out) => (tmp, out),
+                Err(_) => return Err(first.into()),
+            }
+        }
+    };
     let n = chain::fold(&chain, &mut out)?;
     out.commit()?;
     let file = image::open_image(&folded);

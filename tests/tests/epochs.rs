@@ -598,7 +598,24 @@ fn without_tracking_every_epoch_is_full() {
     assert!(!listing.contains("delta"), "{listing}");
     drop(store);
     wait_gone(pid);
-    let r = restore_detached_with(&ck, dir.path(), &[]).expect("restore");
+    // From a read-only copy of the folder (root ignores file modes: a read-only
+    // bind mount): the fold goes to the temporary directory instead.
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(
+            st.success(),
+            "{cmd}: {st} (the test needs root to bind-mount)"
+        );
+    };
+    let (ckp, rop) = (ck.display(), ro.display());
+    sh(&format!(
+        "mount --bind '{ckp}' '{rop}' && mount -o remount,ro,bind '{rop}'"
+    ));
+    let r = restore_detached_with(&ro, dir.path(), &[]);
+    sh(&format!("umount '{rop}'"));
+    let r = r.expect("restore from a read-only folder");
     check_serving(r.pid, &addr, 1, MARKER).expect("restored");
     verify_preload(&addr, mib, Duration::from_secs(60)).expect("preloaded values");
 }
