@@ -619,3 +619,38 @@ fn without_tracking_every_epoch_is_full() {
     check_serving(r.pid, &addr, 1, MARKER).expect("restored");
     verify_preload(&addr, mib, Duration::from_secs(60)).expect("preloaded values");
 }
+
+/// An epoch that cannot be written (a full disk; here the `CS_FAULT_WRITE_AT`
+/// switch) ends the checkpoint with an error naming it; the program runs on with
+/// nothing of the driver left in it, and nothing half-written is committed.
+#[test]
+fn a_failed_epoch_write_ends_the_checkpoint_and_leaves_the_program_running() {
+    let dir = temp_dir("epochs-fail");
+    let ck = dir.path().join("ck");
+    let store = Service::start(
+        &fixture_bin(GoToolchain::Go127, "kvstore"),
+        &["-addr", "127.0.0.1:0", "-preload-mib", "16"],
+    )
+    .expect("start kvstore");
+    let (pid, addr) = (store.pid(), store.addr().to_string());
+    kv_put(&addr, MARKER, MARKER);
+    let c = checkpoint(
+        pid,
+        &ck,
+        &["--interval", "50", "--count", "5"],
+        &[("CS_FAULT_WRITE_AT", "4096")],
+    );
+    let (status, said) = finish(c, Duration::from_secs(60));
+    assert!(!status.success(), "the checkpoint succeeded: {said}");
+    assert!(
+        said.contains("injected write failure at byte 4096"),
+        "{said}"
+    );
+    assert_eq!(committed(&ck), 0, "a failed epoch was committed");
+    check_serving(pid, &addr, 2, MARKER).expect("after a failed checkpoint");
+    assert_eq!(
+        (uffd_fds(pid), rwx_mappings(pid).len()),
+        (0, 0),
+        "the driver left something in the program"
+    );
+}
