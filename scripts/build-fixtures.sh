@@ -46,7 +46,15 @@ while read -r name goroot modfile; do
   start=$(date +%s%N)
   # GOFLAGS cleared so a caller's setting cannot change the binaries.
   CGO_ENABLED=0 GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
-    "$goroot/bin/go" build -modfile="$modfile" -trimpath -buildvcs=false -o "$out/$name/" ./cmd/...
+    "$goroot/bin/go" build -modfile="$modfile" -trimpath -buildvcs=false -o "$out/.new-$name/" ./cmd/...
+  # Only binaries that changed replace the old ones: `go build -o` rewrites every
+  # file, and a new mtime makes restore refuse images of programs started from the
+  # old one (the executable's identity check), e.g. a benchmark running meanwhile.
+  for f in "$out/.new-$name"/*; do
+    b=$(basename "$f")
+    if cmp -s "$f" "$out/$name/$b"; then rm -f "$f"; else mv -f "$f" "$out/$name/$b"; fi
+  done
+  rmdir "$out/.new-$name"
   echo "build-fixtures: $name -> $out/$name ($(( ($(date +%s%N) - start) / 1000000 )) ms)" >&2
 done < <(toolchains)
 
