@@ -239,3 +239,44 @@ pub fn compact(dir: &Path, upto: u64) -> Result<u64, ImageError> {
     let _ = std::fs::remove_file(dir.join(name(upto, false)));
     Ok(upto)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(epoch: u64, full: bool) -> EpochFile {
+        EpochFile {
+            epoch,
+            full,
+            path: PathBuf::from(name(epoch, full)),
+        }
+    }
+
+    #[test]
+    fn a_chain_starts_at_the_newest_full_epoch_and_refuses_gaps() {
+        let dir = Path::new("ck");
+        let all = [
+            f(1, true),
+            f(2, false),
+            f(3, false),
+            f(4, true),
+            f(5, false),
+        ];
+        let epochs = |c: Vec<EpochFile>| c.iter().map(|e| e.epoch).collect::<Vec<_>>();
+        assert_eq!(epochs(chain_for(&all, None, dir).unwrap()), vec![4, 5]);
+        assert_eq!(
+            epochs(chain_for(&all, Some(3), dir).unwrap()),
+            vec![1, 2, 3]
+        );
+        assert_eq!(epochs(chain_for(&all, Some(4), dir).unwrap()), vec![4]);
+        let e = chain_for(&all, Some(9), dir).unwrap_err().to_string();
+        assert!(e.contains("has no epoch 9"), "{e}");
+        let gap = [f(1, true), f(2, false), f(4, false)];
+        let e = chain_for(&gap, None, dir).unwrap_err().to_string();
+        assert!(e.contains("misses epoch 3"), "{e}");
+        let no_base = [f(2, false), f(3, false)];
+        let e = chain_for(&no_base, None, dir).unwrap_err().to_string();
+        assert!(e.contains("no full epoch"), "{e}");
+        assert!(chain_for(&[], None, dir).is_err());
+    }
+}
