@@ -435,13 +435,13 @@ fn print_pause_tables(cases: &[PauseCase]) {
     }
     println!();
     println!("The pause by phase, ms (medians of each column, so they do not add up exactly):");
-    println!("| heap | dirty | pause | freeze | threads | inject | memory | of which copy | fds | zero pages per epoch | threads |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| heap | dirty | pause | freeze | threads | inject | memory | of which copy | fds | zero pages per epoch | threads | pre-copy round (before the freeze) | pages staged by it | pages copied in the freeze |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cases {
         let s = &c.samples;
         let col = |f: &dyn Fn(&EpochSample) -> f64| median(&s.iter().map(f).collect::<Vec<_>>());
         println!(
-            "| {} MiB | {}% | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} |",
+            "| {} MiB | {}% | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
             c.heap_mib,
             c.percent,
             col(&|e| ms(e.times.pause)),
@@ -453,6 +453,9 @@ fn print_pause_tables(cases: &[PauseCase]) {
             col(&|e| ms(e.times.fds)),
             col(&|e| e.zero_pages as f64),
             col(&|e| e.threads as f64),
+            col(&|e| ms(e.times.precopy)),
+            col(&|e| e.times.staged_pages as f64),
+            col(&|e| e.times.paused_pages as f64),
         );
     }
 }

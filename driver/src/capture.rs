@@ -181,6 +181,9 @@ pub struct Capture {
     /// In a delta: page ranges `[start, end)` the program released since the last
     /// epoch (they read as zero), written as zero runs.
     pub zeros: Vec<(u64, u64)>,
+    /// In a delta: mappings new since the last epoch (registered with the tracker
+    /// in this freeze and carried whole).
+    pub new_mappings: Vec<(u64, u64)>,
     /// Identity of every mapped file (read before the freeze, see [`crate::identity`]).
     pub mapped_files: Vec<crate::identity::FileIdentity>,
     /// The program was in a job-control stop (SIGSTOP): it is restored stopped.
@@ -330,7 +333,7 @@ pub struct Attached {
     kernel_release: Vec<u8>,
     vdso: Option<(u64, u64)>,
     /// The newest full read of the mappings (their VmFlags for the freeze's fast read).
-    maps_before: Vec<MapEntry>,
+    pub(crate) maps_before: Vec<MapEntry>,
     mapped_files: Vec<crate::identity::FileIdentity>,
     /// What the injected queries found last time (a session's epochs reuse it).
     queried: Option<Queried>,
@@ -502,8 +505,9 @@ pub(crate) enum Memory<'a> {
     Full,
     /// The pre-copy's pages plus those written since ([`capture_memory_tracked`]).
     Precopied(&'a Precopy),
-    /// Only what changed since the tracker last protected it (an epoch delta).
-    Delta(&'a mut Tracker),
+    /// Only what changed since the tracker last protected it (an epoch delta),
+    /// with the pages its pre-copy round staged ([`crate::session`]).
+    Delta(&'a mut Tracker, &'a crate::session::PreRound),
 }
 
 /// Freezes the attached program and captures it into `staging`; the program is
@@ -581,12 +585,20 @@ pub(crate) fn capture_frozen(
     let mm = procfs::read_mm_layout(pid, &maps)?;
     let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
     let mut zeros = Vec::new();
+    let mut new_mappings = Vec::new();
     let (spans, copy, copied) = match memory {
         Memory::Precopied(p) => capture_memory_tracked(pid, &maps, &vmas, &mut staging, p)?,
         Memory::Full => capture_memory(pid, &maps, &vmas, &mut staging)?,
-        Memory::Delta(tracker) => {
-            crate::session::capture_delta(pid, &maps, &vmas, &mut staging, tracker, &mut zeros)?
-        }
+        Memory::Delta(tracker, pre) => crate::session::capture_delta(
+            pid,
+            &maps,
+            &vmas,
+            &mut staging,
+            tracker,
+            pre,
+            &mut zeros,
+            &mut new_mappings,
+        )?,
     };
     times.copy = copy;
     times.paused_pages = copied;
@@ -629,6 +641,7 @@ pub(crate) fn capture_frozen(
         full: true,
         wall_ns,
         zeros,
+        new_mappings,
     };
     Ok((c, frozen))
 }
@@ -1182,7 +1195,7 @@ pub(crate) fn refuse_shared_anon(
     Ok(())
 }
 
-fn grow(staging: &mut Staging, len: usize) -> Result<(), CaptureError> {
+pub(crate) fn grow(staging: &mut Staging, len: usize) -> Result<(), CaptureError> {
     staging.set_len(len).map_err(|e| CaptureError::ProcIo {
         path: "staging buffer".into(),
         source: e,
@@ -1329,11 +1342,29 @@ fn capture_memory_tracked(
             track::scan(pagemap, m.start, m.end, q, &mut regions).map_err(scan_err)?;
         }
     }
-    let staged = &pre.staged;
+    let (spans, jobs, append) = place(&regions, &pre.staged, pre.bytes);
+    grow(staging, append)?;
+    let copied = jobs.iter().map(|j| j.len as u64).sum::<u64>() / PAGE;
+    let t = Instant::now();
+    copy_jobs(pid, jobs, staging.as_mut_slice())?;
+    Ok((spans, t.elapsed(), copied))
+}
+
+/// Places the pages of `regions` (sorted, disjoint) in the staging buffer, which
+/// holds `staged` (sorted, `staged_bytes` long) from an earlier copy: a clean
+/// region (`PAGE_IS_WPALLOWED` without `PAGE_IS_WRITTEN`) keeps its staged bytes;
+/// any other region that was staged is copied again into its slot, and one that
+/// was not is copied to the end of the buffer. Returns the spans, the copy jobs
+/// and the buffer's new length. Staged pages outside `regions` are left out.
+pub(crate) fn place(
+    regions: &[track::PageRegion],
+    staged: &[PageSpan],
+    staged_bytes: usize,
+) -> (Vec<PageSpan>, Vec<Job>, usize) {
     let staged_end = |i: usize| staged[i].start + staged[i].npages * PAGE;
     let mut spans: Vec<PageSpan> = Vec::with_capacity(regions.len());
     let mut jobs: Vec<Job> = Vec::new();
-    let mut append = pre.bytes;
+    let mut append = staged_bytes;
     let mut si = 0usize;
     let push = |spans: &mut Vec<PageSpan>, start: u64, end: u64, offset: usize| {
         let npages = (end - start) / PAGE;
@@ -1351,7 +1382,7 @@ fn capture_memory_tracked(
             }),
         }
     };
-    for r in &regions {
+    for r in regions {
         let clean = r.categories & track::PAGE_IS_WPALLOWED != 0
             && r.categories & track::PAGE_IS_WRITTEN == 0;
         let mut a = r.start;
@@ -1384,25 +1415,10 @@ fn capture_memory_tracked(
             }
         }
     }
-    grow(staging, append)?;
-    let copied = jobs.iter().map(|j| j.len as u64).sum::<u64>() / PAGE;
-    let t = Instant::now();
-    copy_jobs(pid, jobs, staging.as_mut_slice())?;
-    Ok((spans, t.elapsed(), copied))
+    (spans, jobs, append)
 }
 
 /// One job per span: its pages to its place in the staging buffer.
-/// Copies the pages of `spans` (`total` pages, back to back) into `staging`.
-pub(crate) fn copy_pages(
-    pid: i32,
-    spans: &[PageSpan],
-    staging: &mut Staging,
-    total: u64,
-) -> Result<(), CaptureError> {
-    grow(staging, (total * PAGE) as usize)?;
-    copy_jobs(pid, jobs_of(spans), staging.as_mut_slice())
-}
-
 fn jobs_of(spans: &[PageSpan]) -> Vec<Job> {
     spans
         .iter()
@@ -1415,7 +1431,7 @@ fn jobs_of(spans: &[PageSpan]) -> Vec<Job> {
 }
 
 /// The parts of `spans` (sorted, disjoint) inside `[start, end)`, as address ranges.
-fn clip_spans(spans: &[PageSpan], start: u64, end: u64) -> Vec<(u64, u64)> {
+pub(crate) fn clip_spans(spans: &[PageSpan], start: u64, end: u64) -> Vec<(u64, u64)> {
     let first = spans.partition_point(|s| s.start + s.npages * PAGE <= start);
     spans[first..]
         .iter()
@@ -1426,7 +1442,7 @@ fn clip_spans(spans: &[PageSpan], start: u64, end: u64) -> Vec<(u64, u64)> {
 }
 
 /// `a` minus `b`: both sorted lists of disjoint `[start, end)` ranges.
-fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub(crate) fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::with_capacity(a.len());
     let mut j = 0usize;
     for &(mut s, e) in a {
@@ -1455,17 +1471,27 @@ fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 /// Copy `len` bytes at `remote` in the target to `local` in the staging buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Job {
+pub(crate) struct Job {
     remote: u64,
     len: usize,
     local: usize,
+}
+
+impl Job {
+    pub(crate) fn new(remote: u64, len: usize, local: usize) -> Job {
+        Job { remote, len, local }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 /// Runs copy jobs (disjoint local ranges) with one `process_vm_readv` stream per
 /// core: each stream pins and copies 4 KiB source pages at ~1 us a page here, so
 /// the copy scales with the cores until memory bandwidth binds. Jobs whose local
 /// ranges follow each other go into one call.
-fn copy_jobs(pid: i32, mut jobs: Vec<Job>, dst: &mut [u8]) -> Result<(), CaptureError> {
+pub(crate) fn copy_jobs(pid: i32, mut jobs: Vec<Job>, dst: &mut [u8]) -> Result<(), CaptureError> {
     jobs.sort_unstable_by_key(|j| j.local);
     let total: usize = jobs.iter().map(|j| j.len).sum();
     if total == 0 {

@@ -23,8 +23,9 @@
 use std::time::{Duration, Instant};
 
 use crate::capture::{
-    self, capture_frozen, copy_pages, refuse_shared_anon, stores_pages, Attached, Capture,
-    CaptureTimes, Held, Memory, Options, PageSpan, VmaCapture, VmaKind, PAGE,
+    self, capture_frozen, clip_spans, copy_jobs, grow, place, refuse_shared_anon, stores_pages,
+    subtract, Attached, Capture, CaptureTimes, Held, Job, Memory, Options, PageSpan, VmaCapture,
+    VmaKind, PAGE,
 };
 use crate::error::CaptureError;
 use crate::inject;
@@ -43,6 +44,67 @@ pub struct Session {
     /// Test mode (`CS_TEST_VERIFY_CHAIN=1`): the memory the chain so far
     /// reconstructs, page by page, checked against a full read in every freeze.
     model: Option<Model>,
+    /// Test mode (`CS_TEST_BREAK_TRACKER`): a delta made wrong on purpose, to show
+    /// that the chain check catches it.
+    broken: Option<Broken>,
+}
+
+/// What `CS_TEST_BREAK_TRACKER` leaves out of every delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broken {
+    /// `written`: the last page of every run in a mapping tracked before.
+    Written,
+    /// `released`: every run of zeros (pages the program gave back) in a mapping
+    /// tracked before.
+    Released,
+    /// `mapping`: everything in mappings new since the last epoch.
+    Mapping,
+}
+
+impl Broken {
+    fn from_env() -> Option<Broken> {
+        match std::env::var("CS_TEST_BREAK_TRACKER").ok()?.as_str() {
+            "written" => Some(Broken::Written),
+            "released" => Some(Broken::Released),
+            "mapping" => Some(Broken::Mapping),
+            _ => None,
+        }
+    }
+
+    fn apply(self, c: &mut Capture) {
+        if c.full {
+            return;
+        }
+        let new = std::mem::take(&mut c.new_mappings);
+        let in_new = |a: u64| new.iter().any(|&(s, e)| s <= a && a < e);
+        let data = c.staging.as_slice();
+        let zero = |s: &PageSpan| {
+            data[s.offset..s.offset + (s.npages * PAGE) as usize]
+                .iter()
+                .all(|&b| b == 0)
+        };
+        let mut spans = Vec::with_capacity(c.spans.len());
+        for s in c.spans.drain(..) {
+            match self {
+                Broken::Written if !in_new(s.start) => {
+                    if s.npages > 1 {
+                        spans.push(PageSpan {
+                            npages: s.npages - 1,
+                            ..s
+                        });
+                    }
+                }
+                Broken::Released if !in_new(s.start) && zero(&s) => {}
+                Broken::Mapping if in_new(s.start) => {}
+                _ => spans.push(s),
+            }
+        }
+        c.spans = spans;
+        if self == Broken::Mapping {
+            c.zeros.retain(|&(s, _)| !in_new(s));
+        }
+        c.new_mappings = new;
+    }
 }
 
 /// The chain's memory: page address -> contents (absent: zero).
@@ -140,6 +202,7 @@ impl Session {
                 next: 2,
                 note,
                 model,
+                broken: Broken::from_env(),
             },
             c,
         ))
@@ -153,26 +216,39 @@ impl Session {
     /// Freezes the program, captures what changed since the previous epoch, and
     /// resumes it. The epoch is a delta when the session tracks writes.
     pub fn epoch(&mut self) -> Result<Capture, CaptureError> {
-        let staging = Staging::prefaulted(4 << 20).map_err(|e| CaptureError::ProcIo {
+        let mut staging = Staging::prefaulted(4 << 20).map_err(|e| CaptureError::ProcIo {
             path: "staging buffer".into(),
             source: e,
         })?;
         let full = self.tracker.is_none();
-        let memory = match self.tracker.as_mut() {
-            Some(t) => Memory::Delta(t),
-            None => Memory::Full,
+        let pid = self.attached.pid;
+        let t = Instant::now();
+        let pre = match self.tracker.as_ref() {
+            Some(tracker) => Some(pre_round(
+                pid,
+                tracker,
+                &self.attached.maps_before,
+                &mut staging,
+            )?),
+            None => None,
         };
-        let (mut c, frozen) = capture_frozen(
-            &mut self.attached,
-            staging,
-            memory,
-            CaptureTimes::default(),
-            None,
-        )?;
+        let pre_time = t.elapsed();
+        let memory = match (self.tracker.as_mut(), pre.as_ref()) {
+            (Some(t), Some(p)) => Memory::Delta(t, p),
+            _ => Memory::Full,
+        };
+        let times = CaptureTimes {
+            precopy: pre_time,
+            staged_pages: pre.as_ref().map_or(0, |p| p.bytes as u64 / PAGE),
+            ..CaptureTimes::default()
+        };
+        let (mut c, frozen) = capture_frozen(&mut self.attached, staging, memory, times, None)?;
         let at = frozen.frozen_at;
-        let pid = frozen.pid;
         c.epoch = self.next;
         c.full = full;
+        if let Some(b) = self.broken {
+            b.apply(&mut c);
+        }
         if let Some(model) = self.model.as_mut() {
             // Still frozen: the chain must equal the memory exactly.
             apply(model, &c);
@@ -189,6 +265,78 @@ impl Session {
     }
 }
 
+/// What an epoch's pre-copy round staged while the program ran.
+#[derive(Debug)]
+pub(crate) struct PreRound {
+    /// Pages listed as written (and protected again), in address order, back to
+    /// back from offset 0 of the staging buffer.
+    pub(crate) staged: Vec<PageSpan>,
+    pub(crate) bytes: usize,
+    /// The copy failed (a page was unmapped under it): the staged bytes are not
+    /// to be used, and every staged page is copied again in the freeze.
+    pub(crate) stale: bool,
+}
+
+/// The pre-copy round of a delta, while the program runs: one `PAGEMAP_SCAN`
+/// over the address space lists the pages written since the last epoch and
+/// protects them again (mappings the tracker does not know are skipped), then
+/// those pages are copied into `staging`. A page written after the scan is
+/// listed again by the freeze's scan and copied again there; a page released
+/// after it likewise (a released page is listed, see `track::epoch_facts`). So
+/// the freeze copies only what the program wrote in the short time since this
+/// round, and the pause grows with the write rate rather than with the whole
+/// dirty set of the interval.
+fn pre_round(
+    pid: i32,
+    tracker: &Tracker,
+    maps: &[MapEntry],
+    staging: &mut Staging,
+) -> Result<PreRound, CaptureError> {
+    // User space only: `[vsyscall]` lies in the kernel's half, where the scan
+    // fails with EFAULT.
+    let user = |m: &&MapEntry| m.end <= 1 << 63;
+    let (Some(first), Some(last)) = (maps.iter().find(user), maps.iter().rfind(user)) else {
+        return Ok(PreRound {
+            staged: Vec::new(),
+            bytes: 0,
+            stale: false,
+        });
+    };
+    let mut listed = Vec::new();
+    track::written_and_reprotect_skipping(&tracker.pagemap, first.start, last.end, &mut listed)
+        .map_err(|e| CaptureError::ProcIo {
+            path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap (pre-copy round)"),
+            source: e,
+        })?;
+    let mut staged: Vec<PageSpan> = Vec::with_capacity(listed.len());
+    let mut bytes = 0usize;
+    for r in &listed {
+        let npages = (r.end - r.start) / PAGE;
+        match staged.last_mut() {
+            Some(s) if s.start + s.npages * PAGE == r.start => s.npages += npages,
+            _ => staged.push(PageSpan {
+                start: r.start,
+                npages,
+                offset: bytes,
+            }),
+        }
+        bytes += (npages * PAGE) as usize;
+    }
+    grow(staging, bytes)?;
+    let jobs = staged
+        .iter()
+        .map(|s| Job::new(s.start, (s.npages * PAGE) as usize, s.offset))
+        .collect();
+    // The program runs: a listed page can be unmapped before it is read. Then
+    // the freeze copies every staged page again instead.
+    let stale = copy_jobs(pid, jobs, staging.as_mut_slice()).is_err();
+    Ok(PreRound {
+        staged,
+        bytes,
+        stale,
+    })
+}
+
 impl Held {
     /// Resumes the program and hands back the pause, the tracker and the claim, for
     /// a session that goes on with them.
@@ -200,21 +348,32 @@ impl Held {
 }
 
 /// The memory of an epoch delta (see the module docs). Appends released ranges of
-/// anonymous memory to `zeros`; returns the copied spans like the full capture.
+/// anonymous memory to `zeros`; returns the spans, the copy time and the pages
+/// copied in the freeze. The pre-copy round's pages in tracked mappings keep their
+/// staged bytes unless the freeze's scan lists them again.
 pub(crate) fn capture_delta(
     pid: i32,
     maps: &[MapEntry],
     vmas: &[VmaCapture],
     staging: &mut Staging,
     tracker: &mut Tracker,
+    pre: &PreRound,
     zeros: &mut Vec<(u64, u64)>,
+    new_mappings: &mut Vec<(u64, u64)>,
 ) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
     let scan_err = |e| CaptureError::ProcIo {
         path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
         source: e,
     };
-    // Ranges to copy, in address order.
-    let mut copy: Vec<(u64, u64)> = Vec::new();
+    let region = |(start, end): (u64, u64), categories: u64| track::PageRegion {
+        start,
+        end,
+        categories,
+    };
+    let clean = track::PAGE_IS_WPALLOWED;
+    let dirty = track::PAGE_IS_WPALLOWED | track::PAGE_IS_WRITTEN;
+    // What to store, in address order: clean regions keep their staged bytes.
+    let mut regions: Vec<track::PageRegion> = Vec::new();
     let mut listed = Vec::new();
     let mut present = Vec::new();
     for (m, v) in maps.iter().zip(vmas) {
@@ -230,17 +389,35 @@ pub(crate) fn capture_delta(
                 .map_err(scan_err)?;
             // Every listed page is read, present or not: a released anonymous
             // page reads as zeros (the encoder writes a zero run for it) and one
-            // of a file mapping as the file's bytes. No presence scan per run:
-            // with scattered writes that was one ioctl per page. The read maps
-            // the zero page at an absent address; the page keeps its
-            // write-protect marker, so it is not listed again unless written.
-            copy.extend(listed.iter().map(|r| (r.start, r.end)));
+            // of a file mapping as the file's bytes. The read maps the zero page
+            // at an absent address; the page keeps its write-protect marker, so
+            // it is not listed again unless written.
+            let written: Vec<(u64, u64)> = listed.iter().map(|r| (r.start, r.end)).collect();
+            let staged = clip_spans(&pre.staged, m.start, m.end);
+            let mut mine: Vec<track::PageRegion> = if pre.stale {
+                staged.iter().map(|&r| region(r, dirty)).collect()
+            } else {
+                subtract(&staged, &written)
+                    .into_iter()
+                    .map(|r| region(r, clean))
+                    .collect()
+            };
+            let again = if pre.stale {
+                subtract(&written, &staged)
+            } else {
+                written
+            };
+            mine.extend(again.into_iter().map(|r| region(r, dirty)));
+            mine.sort_unstable_by_key(|r| r.start);
+            regions.extend(mine);
         } else {
             // New since the last epoch: start tracking it now (nothing runs until
-            // the resume), and carry all of it.
+            // the resume), and carry all of it. Pages the pre-copy round staged
+            // here belonged to a mapping that is gone: they are left out.
             if m.write && !m.shared {
                 tracker.protect(m.start, m.end);
             }
+            new_mappings.push((m.start, m.end));
             present.clear();
             track::scan(
                 &tracker.pagemap,
@@ -255,7 +432,7 @@ pub(crate) fn capture_delta(
                 if p.start > at && !file_backed {
                     zeros.push((at, p.start));
                 }
-                copy.push((p.start, p.end));
+                regions.push(region((p.start, p.end), dirty));
                 at = p.end;
             }
             if at < m.end && !file_backed {
@@ -263,21 +440,10 @@ pub(crate) fn capture_delta(
             }
         }
     }
-    let mut spans: Vec<PageSpan> = Vec::with_capacity(copy.len());
-    let mut total = 0u64;
-    for (start, end) in copy {
-        let npages = (end - start) / PAGE;
-        match spans.last_mut() {
-            Some(s) if s.start + s.npages * PAGE == start => s.npages += npages,
-            _ => spans.push(PageSpan {
-                start,
-                npages,
-                offset: (total * PAGE) as usize,
-            }),
-        }
-        total += npages;
-    }
+    let (spans, jobs, len) = place(&regions, &pre.staged, pre.bytes);
+    grow(staging, len)?;
+    let copied = jobs.iter().map(|j| j.len() as u64).sum::<u64>() / PAGE;
     let t = Instant::now();
-    copy_pages(pid, &spans, staging, total)?;
-    Ok((spans, t.elapsed(), total))
+    copy_jobs(pid, jobs, staging.as_mut_slice())?;
+    Ok((spans, t.elapsed(), copied))
 }

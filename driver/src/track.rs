@@ -112,6 +112,26 @@ pub fn written_and_reprotect(
     )
 }
 
+/// [`written_and_reprotect`] for a range that may hold mappings this tracker did
+/// not register (the program runs, so its mappings can change under the call):
+/// those are skipped, as are holes. For an epoch's pre-copy round over the
+/// program's whole address space in one call.
+pub fn written_and_reprotect_skipping(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    out: &mut Vec<PageRegion>,
+) -> std::io::Result<()> {
+    uffd::pagemap_scan_flags(
+        pagemap.as_raw_fd(),
+        start,
+        end,
+        Query::written_only(),
+        uffd::PM_SCAN_WP_MATCHING,
+        out,
+    )
+}
+
 /// A userfaultfd living in the target's mm, held by the driver.
 #[derive(Debug)]
 pub struct Tracker {

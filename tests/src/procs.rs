@@ -112,7 +112,8 @@ pub fn kv_put(addr: &str, key: &str, value: &str) {
     assert!(reply.contains("OK"), "PUT {key} answered {reply:?}");
 }
 
-fn kv_request(addr: &str, op: &str, timeout: Duration) -> Result<String, String> {
+/// One request line (`0 1 OP`) on a fresh connection; the reply line.
+pub fn kv_request(addr: &str, op: &str, timeout: Duration) -> Result<String, String> {
     let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut s = TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(timeout))

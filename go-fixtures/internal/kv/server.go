@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -283,7 +284,7 @@ func (s *Server) Handle(line string) (uint64, string, string) {
 		st, p := s.alloc(req.Args)
 		return req.Seq, st, p
 	case "FREE":
-		st, p := s.free()
+		st, p := s.free(req.Args)
 		return req.Seq, st, p
 	default:
 		return req.Seq, wire.Err, "unknown op " + strconv.Quote(req.Op)
@@ -482,11 +483,19 @@ func (s *Server) alloc(args string) (string, string) {
 	return wire.OK, s.allocReply(n, keep)
 }
 
-func (s *Server) free() (string, string) {
+func (s *Server) free(args string) (string, string) {
+	if args != "" && args != "os" {
+		return wire.Err, "FREE wants [os]"
+	}
 	s.ballastMu.Lock()
 	s.ballast = nil
 	s.ballastMu.Unlock()
 	runtime.GC()
+	if args == "os" {
+		// Hands the freed heap back to the kernel now (MADV_DONTNEED), as the
+		// background scavenger would over minutes.
+		debug.FreeOSMemory()
+	}
 	return wire.OK, s.allocReply(0, false)
 }
 
