@@ -584,8 +584,7 @@ pub(crate) fn capture_frozen(
     let maps = procfs::read_maps_fast(pid, &a.maps_before)?;
     let mm = procfs::read_mm_layout(pid, &maps)?;
     let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
-    let mut zeros = Vec::new();
-    let mut new_mappings = Vec::new();
+    let mut ranges = crate::session::DeltaRanges::default();
     let (spans, copy, copied) = match memory {
         Memory::Precopied(p) => capture_memory_tracked(pid, &maps, &vmas, &mut staging, p)?,
         Memory::Full => capture_memory(pid, &maps, &vmas, &mut staging)?,
@@ -596,8 +595,7 @@ pub(crate) fn capture_frozen(
             &mut staging,
             tracker,
             pre,
-            &mut zeros,
-            &mut new_mappings,
+            &mut ranges,
         )?,
     };
     times.copy = copy;
@@ -640,8 +638,8 @@ pub(crate) fn capture_frozen(
         epoch: 1,
         full: true,
         wall_ns,
-        zeros,
-        new_mappings,
+        zeros: ranges.zeros,
+        new_mappings: ranges.new_mappings,
     };
     Ok((c, frozen))
 }

@@ -347,8 +347,18 @@ impl Held {
     }
 }
 
-/// The memory of an epoch delta (see the module docs). Appends released ranges of
-/// anonymous memory to `zeros`; returns the spans, the copy time and the pages
+/// Address ranges a delta learns besides its pages.
+#[derive(Debug, Default)]
+pub(crate) struct DeltaRanges {
+    /// Anonymous ranges that read as zero (released, or never touched in a new
+    /// mapping).
+    pub(crate) zeros: Vec<(u64, u64)>,
+    /// Mappings new since the last epoch.
+    pub(crate) new_mappings: Vec<(u64, u64)>,
+}
+
+/// The memory of an epoch delta (see the module docs). Records released ranges of
+/// anonymous memory and new mappings in `out`; returns the spans, the copy time and the pages
 /// copied in the freeze. The pre-copy round's pages in tracked mappings keep their
 /// staged bytes unless the freeze's scan lists them again.
 pub(crate) fn capture_delta(
@@ -358,8 +368,7 @@ pub(crate) fn capture_delta(
     staging: &mut Staging,
     tracker: &mut Tracker,
     pre: &PreRound,
-    zeros: &mut Vec<(u64, u64)>,
-    new_mappings: &mut Vec<(u64, u64)>,
+    out: &mut DeltaRanges,
 ) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
     let scan_err = |e| CaptureError::ProcIo {
         path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
@@ -417,7 +426,7 @@ pub(crate) fn capture_delta(
             if m.write && !m.shared {
                 tracker.protect(m.start, m.end);
             }
-            new_mappings.push((m.start, m.end));
+            out.new_mappings.push((m.start, m.end));
             present.clear();
             track::scan(
                 &tracker.pagemap,
@@ -430,13 +439,13 @@ pub(crate) fn capture_delta(
             let mut at = m.start;
             for p in &present {
                 if p.start > at && !file_backed {
-                    zeros.push((at, p.start));
+                    out.zeros.push((at, p.start));
                 }
                 regions.push(region((p.start, p.end), dirty));
                 at = p.end;
             }
             if at < m.end && !file_backed {
-                zeros.push((at, m.end));
+                out.zeros.push((at, m.end));
             }
         }
     }
