@@ -47,9 +47,9 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cs_driver::capture::session::Session;
 use cs_driver::capture::{CaptureTimes, Options};
 use cs_driver::image::encode;
-use cs_driver::session::Session;
 
 /// Part 1's cases: heap (MiB) and dirty share (% of the heap's pages per epoch). The
 /// issue's four, plus 1 GiB at 0.25 %: the same dirty pages as 256 MiB at 1 %, in a

@@ -1,30 +1,29 @@
 //! CheckSync's host driver library.
 //!
-//! The modules follow the data's journey: [`freeze`] stops every thread,
-//! [`capture`] reads threads, memory and kernel state into a [`capture::Capture`]
-//! (with [`inject`] running the few syscalls only the target can answer and [`fds`]
-//! classifying descriptors), then the image is written; on the other side the
-//! restorer rebuilds the process with the static stub.
+//! The folders follow the data's journey:
+//!
+//! - [`capture`]: attach to a program ([`capture::attach`]), freeze it
+//!   ([`capture::freeze`]), read threads, memory and kernel state (with
+//!   [`capture::inject`] running the few syscalls only the target can answer and
+//!   [`capture::fds`] classifying descriptors) into a [`capture::Capture`];
+//!   [`capture::session`] keeps one program attached and emits epochs, with
+//!   [`capture::track`] listing the pages written since the last one.
+//! - [`image`]: the epoch file codec, crash-safe writing, checkpoint folders and
+//!   their chains ([`image::chain`]), and `inspect`.
+//! - [`restore`]: rebuild a process from an epoch with the static stub, and fill
+//!   its memory eagerly or lazily ([`restore::lazy`]).
+//! - [`linux`]: the kernel interface (raw syscalls and ioctls, `/proc` readers,
+//!   the staging buffer).
+//!
+//! Around them: [`lock`] (one driver per program), [`cancel`] (SIGINT/SIGTERM
+//! before the commit point), [`run`] (launch a program traced from its first
+//! instruction), [`error`].
 
 pub mod cancel;
 pub mod capture;
-pub mod chain;
-pub mod creds;
 pub mod error;
-pub mod fds;
-pub mod freeze;
-pub mod identity;
 pub mod image;
-pub mod inject;
-pub mod inspect;
-pub mod lazy;
+pub mod linux;
 pub mod lock;
-pub mod procfs;
-pub mod refuse;
 pub mod restore;
 pub mod run;
-pub mod session;
-pub mod staging;
-pub mod sys;
-pub mod track;
-pub mod uffd;

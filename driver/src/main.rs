@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cs_driver::{capture, image, inspect, lazy, restore, run};
+use cs_driver::{capture, image, image::inspect, restore, restore::lazy, run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -408,7 +408,7 @@ fn checkpoint(
     keep: Option<u64>,
     opts: capture::Options,
 ) -> anyhow::Result<ExitCode> {
-    use cs_driver::{chain, session::Session};
+    use cs_driver::{capture::session::Session, image::chain};
     let mut child = None;
     let pid = match (pid, argv.split_first()) {
         (Some(p), None) => p,
@@ -604,7 +604,7 @@ fn joined_fold(h: std::thread::JoinHandle<anyhow::Result<u64>>) -> anyhow::Resul
 /// Folds a checkpoint folder's chain (to `epoch`, or the newest) into one full
 /// image and opens it (the file is unlinked once open).
 fn fold_folder(dir: &std::path::Path, epoch: Option<u64>) -> anyhow::Result<File> {
-    use cs_driver::chain;
+    use cs_driver::image::chain;
     let all = chain::list(dir)?;
     if all.is_empty() {
         anyhow::bail!(
@@ -641,7 +641,7 @@ fn fold_folder(dir: &std::path::Path, epoch: Option<u64>) -> anyhow::Result<File
 
 /// `cs-driver inspect DIR`: every committed epoch, verified.
 fn inspect_folder(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    use cs_driver::chain;
+    use cs_driver::image::chain;
     let all = chain::list(dir)?;
     if all.is_empty() {
         anyhow::bail!(

@@ -9,7 +9,7 @@
 
 use std::ffi::CString;
 
-use crate::sys::{self, WaitStatus};
+use crate::linux::sys::{self, WaitStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::capture::fds::FdKind;
 use crate::capture::{VmaKind, PROT_R, PROT_W, PROT_X};
-use crate::fds::FdKind;
 use crate::image::ImageSummary;
 
 fn size(bytes: u64) -> String {
@@ -137,7 +137,7 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
         );
     }
     // Credentials: one line per distinct set (Go keeps them alike in every thread).
-    let mut sets: Vec<(&crate::creds::ThreadCreds, Vec<i32>)> = Vec::new();
+    let mut sets: Vec<(&crate::capture::creds::ThreadCreds, Vec<i32>)> = Vec::new();
     for (tid, c) in &p.creds {
         match sets.iter_mut().find(|(k, _)| *k == c) {
             Some((_, tids)) => tids.push(*tid),

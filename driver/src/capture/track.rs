@@ -22,11 +22,11 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use crate::capture::freeze::Frozen;
+use crate::capture::inject::{self, Site};
 use crate::error::CaptureError;
-use crate::freeze::Frozen;
-use crate::inject::{self, Site};
-use crate::sys;
-use crate::uffd;
+use crate::linux::sys;
+use crate::linux::uffd;
 
 pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
@@ -37,7 +37,7 @@ pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 const SYS_CLOSE: u64 = 3;
 const SYS_USERFAULTFD: u64 = 323;
 
-pub use crate::uffd::{PageRegion, ScanQuery as Query};
+pub use crate::linux::uffd::{PageRegion, ScanQuery as Query};
 
 /// Whether the mapping holding `addr` is registered for write-protect tracking
 /// (`PAGE_IS_WPALLOWED` is a property of the whole mapping).

@@ -9,6 +9,9 @@
 //! run checksums, the epoch digest) and the epoch's semantics with core-format's
 //! validator before anything is restored; any failure names the frame and its offset.
 
+pub mod chain;
+pub mod inspect;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,14 +20,14 @@ use std::path::Path;
 
 use core_format as cf;
 
+use crate::capture::creds::ThreadCreds;
+use crate::capture::fds::{FdCapture, FdKind, SockFamily};
+use crate::capture::identity::FileIdentity;
+use crate::capture::inject::Restart;
 use crate::capture::{Capture, Rlimit, SigAction, VmaCapture, VmaKind, PROT_R, PROT_W, PROT_X};
-use crate::creds::ThreadCreds;
-use crate::fds::{FdCapture, FdKind, SockFamily};
-use crate::identity::FileIdentity;
-use crate::inject::Restart;
-use crate::procfs::{EpollEntry, MmLayout};
+use crate::linux::procfs::{EpollEntry, MmLayout};
+use crate::linux::sys::UserRegs;
 use crate::restore::RestorePlan;
-use crate::sys::UserRegs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -723,7 +726,7 @@ fn encode_with<W: Write + ?Sized>(
 
 /// Writes a full epoch made of `newest`'s frames (an epoch file's bytes, already
 /// verified) with its page runs replaced by `addrs` from `pages`: the fold of a
-/// chain ([`crate::chain`]). Every non-page frame is copied as it is; the
+/// chain ([`crate::image::chain`]). Every non-page frame is copied as it is; the
 /// EpochBegin says Full; the commit is computed anew.
 pub fn write_folded(
     out: &mut ImageOut,

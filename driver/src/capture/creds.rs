@@ -16,10 +16,10 @@
 //! read back and compared; any difference fails the restore (the caller kills the
 //! program before it has run).
 
+use crate::capture::inject::Injector;
 use crate::error::CaptureError;
-use crate::inject::Injector;
-use crate::procfs::{self, Status};
-use crate::sys::UserRegs;
+use crate::linux::procfs::{self, Status};
+use crate::linux::sys::UserRegs;
 
 /// One thread's credentials.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -436,7 +436,7 @@ fn set_thread(
 ) -> Result<(), CaptureError> {
     let pid = t.host_tid;
     let put = |addr: u64, bytes: &[u8]| {
-        crate::sys::write_remote(pid, addr, bytes).map_err(|source| CaptureError::Memory {
+        crate::linux::sys::write_remote(pid, addr, bytes).map_err(|source| CaptureError::Memory {
             pid,
             addr,
             len: bytes.len(),

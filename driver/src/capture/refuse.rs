@@ -13,10 +13,10 @@
 
 use std::os::fd::RawFd;
 
+use crate::capture::fds::{self, FdCapture, FdKind};
 use crate::capture::{Capture, VmaKind};
 use crate::error::CaptureError;
-use crate::fds::{self, FdCapture, FdKind};
-use crate::procfs::MapEntry;
+use crate::linux::procfs::MapEntry;
 
 /// Descriptors restore cannot recreate, one line each. A tracker userfaultfd a
 /// killed driver left is not one of them: the dump closes it in the freeze.
@@ -136,9 +136,9 @@ pub fn before_freeze(pid: i32, pidfd: RawFd, maps: &[MapEntry]) -> Result<(), Ca
     items.extend(unrestorable_fds(pid, &fds::capture_fds(pid, pidfd)?));
     items.extend(mapping_items(maps));
     items.extend(posix_timers(pid));
-    let tids = crate::procfs::list_tids(pid)?;
+    let tids = crate::linux::procfs::list_tids(pid)?;
     items.extend(seccomp_items(tids.iter().map(|&t| {
-        let mode = crate::procfs::read_status_task(pid, t).map_or(0, |s| s.seccomp);
+        let mode = crate::linux::procfs::read_status_task(pid, t).map_or(0, |s| s.seccomp);
         (t, mode)
     })));
     let threads = tids.len();

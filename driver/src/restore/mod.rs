@@ -19,6 +19,8 @@
 //! created in the driver, above every target fd number, and only `dup3`ed into place
 //! in C, where no allocation may happen (the driver may have other threads).
 
+pub mod lazy;
+
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -29,12 +31,12 @@ use std::time::{Duration, Instant};
 
 use restore_stub::report::{Phase, Report};
 
+use crate::capture::fds::{FdCapture, FdKind, SockFamily};
+use crate::capture::inject::Injector;
 use crate::capture::{Rlimit, VmaCapture, VmaKind};
 use crate::error::CaptureError;
-use crate::fds::{FdCapture, FdKind, SockFamily};
-use crate::inject::Injector;
-use crate::procfs;
-use crate::sys::{self, WaitStatus};
+use crate::linux::procfs;
+use crate::linux::sys::{self, WaitStatus};
 
 /// What the restorer needs to know about an image before starting the stub.
 #[derive(Debug, Clone)]
@@ -52,14 +54,14 @@ pub struct RestorePlan {
     pub fds: Vec<FdCapture>,
     /// The program's executable (for `/proc/PID/exe`), mm layout and auxv.
     pub exe: Vec<u8>,
-    pub mm: crate::procfs::MmLayout,
+    pub mm: crate::linux::procfs::MmLayout,
     pub auxv: Vec<u8>,
     /// Raw page runs: (address, byte offset of the data in the image, length).
     pub runs: Vec<(u64, u64, usize)>,
     /// Identity of every mapped file, as recorded at the dump.
-    pub files: Vec<crate::identity::FileIdentity>,
+    pub files: Vec<crate::capture::identity::FileIdentity>,
     /// Every thread's credentials, by the tid the program sees.
-    pub creds: Vec<(i32, crate::creds::ThreadCreds)>,
+    pub creds: Vec<(i32, crate::capture::creds::ThreadCreds)>,
     /// Restored in a job-control stop (it was SIGSTOPped at the dump).
     pub stopped: bool,
 }
@@ -72,7 +74,7 @@ pub struct RestoreOptions {
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
     /// Copy every page in before the program runs, instead of filling lazily
-    /// through a userfaultfd while it runs ([`crate::lazy`]).
+    /// through a userfaultfd while it runs ([`crate::restore::lazy`]).
     pub eager: bool,
 }
 
@@ -147,7 +149,7 @@ pub struct Restored {
     /// From the command's start until the threads were released.
     pub elapsed: Duration,
     /// The lazy page fill still running, if the pages are filled lazily.
-    pub lazy: Option<crate::lazy::LazyFill>,
+    pub lazy: Option<crate::restore::lazy::LazyFill>,
 }
 
 impl Restored {
@@ -197,11 +199,13 @@ pub fn check_privileges() -> Result<(), RestoreError> {
 pub fn precheck(plan: &RestorePlan) -> Result<(), RestoreError> {
     check_cpu(plan)?;
     precheck_layout(plan)?;
-    crate::identity::check_all(&plan.files, &plan.vmas).map_err(|m| RestoreError::FileChanged {
-        path: m.path,
-        detail: m.detail,
+    crate::capture::identity::check_all(&plan.files, &plan.vmas).map_err(|m| {
+        RestoreError::FileChanged {
+            path: m.path,
+            detail: m.detail,
+        }
     })?;
-    crate::creds::precheck(&plan.creds).map_err(RestoreError::Credentials)
+    crate::capture::creds::precheck(&plan.creds).map_err(RestoreError::Credentials)
 }
 
 /// The image's XSAVE layout (size and XCR0) must be this machine's.
@@ -923,15 +927,15 @@ pub fn restore(
         let prepared = if opts.eager || stub_ufd < 0 {
             None
         } else {
-            crate::lazy::prepare(host, stub_ufd, &plan.vmas).ok()
+            crate::restore::lazy::prepare(host, stub_ufd, &plan.vmas).ok()
         };
         let (now, later) = match &prepared {
-            Some(p) => crate::lazy::split_runs(&plan.runs, &p.registered),
+            Some(p) => crate::restore::lazy::split_runs(&plan.runs, &p.registered),
             None => (plan.runs.clone(), Vec::new()),
         };
         let filled = fill_pages(host, image, &now);
         let started = match (filled, prepared) {
-            (Ok(()), Some(p)) => crate::lazy::LazyFill::start(
+            (Ok(()), Some(p)) => crate::restore::lazy::LazyFill::start(
                 p,
                 image,
                 later,
@@ -986,7 +990,7 @@ pub fn restore(
         return Err(e.into());
     }
     if let Some(d) = done_w {
-        crate::lazy::signal_done(d);
+        crate::restore::lazy::signal_done(d);
     }
     Ok(Restored {
         host_pid,
@@ -1373,7 +1377,7 @@ fn finish_threads(
         if i == 0 {
             main_regs = Some((t, after));
         }
-        stopped.push(crate::creds::Stopped {
+        stopped.push(crate::capture::creds::Stopped {
             host_tid: t,
             tid: inner as i32,
             regs: after,
@@ -1402,7 +1406,7 @@ fn finish_threads(
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
         .map(|v| (v.start, v.end));
-    crate::creds::apply(host_pid, &stopped, &plan.creds, vdso)?;
+    crate::capture::creds::apply(host_pid, &stopped, &plan.creds, vdso)?;
     if plan.stopped {
         // Queued while every thread is still traced: each one takes the stop on
         // its way back to user mode, before it runs an instruction.
@@ -1411,7 +1415,7 @@ fn finish_threads(
     }
     release(&seized);
     // Signals that arrived during the injected syscalls were held back.
-    crate::inject::redeliver_deferred(host_pid);
+    crate::capture::inject::redeliver_deferred(host_pid);
     Ok(())
 }
 

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::error::CaptureError;
-use crate::procfs;
-use crate::sys::{self, WaitStatus};
+use crate::linux::procfs;
+use crate::linux::sys::{self, WaitStatus};
 
 /// A process whose every thread is stopped under our ptrace.
 #[derive(Debug)]

@@ -9,20 +9,29 @@
 //! staging buffer, and the fds. The program stays frozen in a [`Held`] until the
 //! caller resumes it (then writes the image) or commits the image and kills it.
 
+pub mod creds;
+pub mod fds;
+pub mod freeze;
+pub mod identity;
+pub mod inject;
+pub mod refuse;
+pub mod session;
+pub mod track;
+
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
+use crate::capture::freeze::Frozen;
 use crate::error::CaptureError;
-use crate::fds::{self, FdCapture};
-use crate::freeze::Frozen;
-use crate::inject::{self, Injector, Restart, Site};
+use crate::linux::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::linux::staging::Staging;
+use crate::linux::sys::{self, UserRegs};
 use crate::lock::{ProgramLock, Role};
-use crate::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
-use crate::staging::Staging;
-use crate::sys::{self, UserRegs};
-use crate::track::{self, Tracker};
+use fds::FdCapture;
+use inject::{Injector, Restart, Site};
+use track::Tracker;
 
 pub const PAGE: u64 = 4096;
 /// Scratch space per thread for its safety frame (XSAVE areas reach ~11 KiB with AMX).
@@ -43,7 +52,7 @@ pub struct ThreadCapture {
     pub sigmask: u64,
     pub altstack: (u64, u32, u64),
     /// Ids, groups, capabilities, securebits, no_new_privs, seccomp (and dumpable).
-    pub creds: crate::creds::ThreadCreds,
+    pub creds: crate::capture::creds::ThreadCreds,
 }
 
 /// What a mapping is backed by.
@@ -134,7 +143,7 @@ pub struct CaptureTimes {
 pub struct Options {
     /// Copy every present page while the program still runs, with write-protect
     /// tracking, and inside the freeze copy only the pages written since
-    /// ([`crate::track`]). Without it the whole memory is copied in the freeze.
+    /// ([`crate::capture::track`]). Without it the whole memory is copied in the freeze.
     pub precopy: bool,
 }
 
@@ -184,8 +193,8 @@ pub struct Capture {
     /// In a delta: mappings new since the last epoch (registered with the tracker
     /// in this freeze and carried whole).
     pub new_mappings: Vec<(u64, u64)>,
-    /// Identity of every mapped file (read before the freeze, see [`crate::identity`]).
-    pub mapped_files: Vec<crate::identity::FileIdentity>,
+    /// Identity of every mapped file (read before the freeze, see [`crate::capture::identity`]).
+    pub mapped_files: Vec<crate::capture::identity::FileIdentity>,
     /// The program was in a job-control stop (SIGSTOP): it is restored stopped.
     pub stopped: bool,
 }
@@ -334,7 +343,7 @@ pub struct Attached {
     vdso: Option<(u64, u64)>,
     /// The newest full read of the mappings (their VmFlags for the freeze's fast read).
     pub(crate) maps_before: Vec<MapEntry>,
-    mapped_files: Vec<crate::identity::FileIdentity>,
+    mapped_files: Vec<crate::capture::identity::FileIdentity>,
     /// What the injected queries found last time (a session's epochs reuse it).
     queried: Option<Queried>,
 }
@@ -415,7 +424,7 @@ impl Queried {
 /// Takes the program's lock first ([`crate::lock`]): another dump on it is
 /// refused, a restore's lazy fill is waited for. A program traced by someone else
 /// is refused, and so is one holding what restore could not bring back
-/// ([`crate::refuse`]). Nothing in the program is changed here.
+/// ([`crate::capture::refuse`]). Nothing in the program is changed here.
 pub fn attach(pid: i32) -> Result<Attached, CaptureError> {
     let lock = ProgramLock::acquire(pid, Role::Dump, crate::lock::FILL_WAIT, &mut |holder| {
         eprintln!(
@@ -456,8 +465,8 @@ pub fn attach(pid: i32) -> Result<Attached, CaptureError> {
         .to_vec();
     let maps_before = procfs::read_maps(pid)?;
     // What restore would refuse is refused now, before the program is touched.
-    crate::refuse::before_freeze(pid, pidfd.as_raw_fd(), &maps_before)?;
-    let mapped_files = crate::identity::read_mapped(pid, &maps_before)?;
+    crate::capture::refuse::before_freeze(pid, pidfd.as_raw_fd(), &maps_before)?;
+    let mapped_files = crate::capture::identity::read_mapped(pid, &maps_before)?;
     // The vDSO does not move: its place is taken from the read before the freeze.
     let vdso = maps_before
         .iter()
@@ -506,8 +515,8 @@ pub(crate) enum Memory<'a> {
     /// The pre-copy's pages plus those written since ([`capture_memory_tracked`]).
     Precopied(&'a Precopy),
     /// Only what changed since the tracker last protected it (an epoch delta),
-    /// with the pages its pre-copy round staged ([`crate::session`]).
-    Delta(&'a mut Tracker, &'a crate::session::PreRound),
+    /// with the pages its pre-copy round staged ([`crate::capture::session`]).
+    Delta(&'a mut Tracker, &'a crate::capture::session::PreRound),
 }
 
 /// Freezes the attached program and captures it into `staging`; the program is
@@ -584,11 +593,11 @@ pub(crate) fn capture_frozen(
     let maps = procfs::read_maps_fast(pid, &a.maps_before)?;
     let mm = procfs::read_mm_layout(pid, &maps)?;
     let vmas = maps.iter().map(vma_of).collect::<Result<Vec<_>, _>>()?;
-    let mut ranges = crate::session::DeltaRanges::default();
+    let mut ranges = crate::capture::session::DeltaRanges::default();
     let (spans, copy, copied) = match memory {
         Memory::Precopied(p) => capture_memory_tracked(pid, &maps, &vmas, &mut staging, p)?,
         Memory::Full => capture_memory(pid, &maps, &vmas, &mut staging)?,
-        Memory::Delta(tracker, pre) => crate::session::capture_delta(
+        Memory::Delta(tracker, pre) => crate::capture::session::capture_delta(
             pid,
             &maps,
             &vmas,
@@ -608,7 +617,7 @@ pub(crate) fn capture_frozen(
 
     let (monotonic_ns, boottime_ns) = process_clocks(pid)?;
     crate::cancel::check("after the capture")?;
-    a.mapped_files = crate::identity::complete(std::mem::take(&mut a.mapped_files), &vmas);
+    a.mapped_files = crate::capture::identity::complete(std::mem::take(&mut a.mapped_files), &vmas);
     a.maps_before = maps;
     let c = Capture {
         host_pid: pid,
@@ -683,7 +692,7 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
     let (c, frozen) = capture_frozen(&mut a, staging, memory, times, precopy_note)?;
     // The program may have opened something since the first check: the capture
     // itself is checked too, still frozen (a refusal here resumes it, unchanged).
-    crate::refuse::captured(&c)?;
+    crate::capture::refuse::captured(&c)?;
     let held = Held {
         frozen_at: frozen.frozen_at,
         frozen: Some(frozen),
@@ -720,7 +729,7 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
         xsave,
         sigmask,
         altstack: (0, 0, 0),
-        creds: crate::creds::ThreadCreds::from_status(&st),
+        creds: crate::capture::creds::ThreadCreds::from_status(&st),
     })
 }
 
@@ -832,7 +841,7 @@ fn inject_queries(
             let w = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
             th.altstack = (w(0), w(8) as u32, w(16));
             let (sb, dumpable) =
-                crate::creds::query_thread(&safe, th.host_tid, &regs, rsp, i == 0)?;
+                crate::capture::creds::query_thread(&safe, th.host_tid, &regs, rsp, i == 0)?;
             th.creds.securebits = sb;
             th.creds.dumpable = dumpable.unwrap_or(1);
             frames.push(rsp);
@@ -1187,7 +1196,7 @@ pub(crate) fn refuse_shared_anon(
     if v.shared {
         return Err(CaptureError::Unsupported {
             pid,
-            what: crate::refuse::shared_memory(m),
+            what: crate::capture::refuse::shared_memory(m),
         });
     }
     Ok(())

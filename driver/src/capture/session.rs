@@ -9,7 +9,7 @@
 //!
 //! - in a tracked mapping, one `PAGEMAP_SCAN` lists the pages written since the
 //!   last scan and protects them again in the same walk
-//!   ([`crate::track::written_and_reprotect`]); every listed page is read: one the
+//!   ([`crate::capture::track::written_and_reprotect`]); every listed page is read: one the
 //!   program released (`MADV_DONTNEED`) reads as zeros in an anonymous mapping (a
 //!   zero run in the epoch) and as its file's bytes in a file mapping;
 //! - a mapping that is not tracked (new since the last epoch: Go's heap growth, a
@@ -22,16 +22,16 @@
 
 use std::time::{Duration, Instant};
 
+use crate::capture::inject;
+use crate::capture::track::{self, Tracker};
 use crate::capture::{
     self, capture_frozen, clip_spans, copy_jobs, grow, place, refuse_shared_anon, stores_pages,
     subtract, Attached, Capture, CaptureTimes, Held, Job, Memory, Options, PageSpan, VmaCapture,
     VmaKind, PAGE,
 };
 use crate::error::CaptureError;
-use crate::inject;
-use crate::procfs::MapEntry;
-use crate::staging::Staging;
-use crate::track::{self, Tracker};
+use crate::linux::procfs::MapEntry;
+use crate::linux::staging::Staging;
 
 /// One program under continuous checkpointing.
 #[derive(Debug)]
@@ -142,7 +142,7 @@ fn apply(model: &mut Model, c: &Capture) {
 
 /// Compares every present stored page of the frozen program with the model.
 fn verify(pid: i32, epoch: u64, vmas: &[VmaCapture], model: &Model) -> Result<(), CaptureError> {
-    let pagemap = crate::procfs::Pagemap::open(pid)?;
+    let pagemap = crate::linux::procfs::Pagemap::open(pid)?;
     let mut entries = Vec::new();
     let mut page = vec![0u8; PAGE as usize];
     let zero = vec![0u8; PAGE as usize];
@@ -155,8 +155,9 @@ fn verify(pid: i32, epoch: u64, vmas: &[VmaCapture], model: &Model) -> Result<()
         pagemap.read(v.start, v.end, &mut entries)?;
         for (i, e) in entries.iter().enumerate() {
             let addr = v.start + i as u64 * PAGE;
-            let present = e & (crate::procfs::PM_PRESENT | crate::procfs::PM_SWAP) != 0;
-            if file_backed && (!present || e & crate::procfs::PM_FILE != 0) {
+            let present =
+                e & (crate::linux::procfs::PM_PRESENT | crate::linux::procfs::PM_SWAP) != 0;
+            if file_backed && (!present || e & crate::linux::procfs::PM_FILE != 0) {
                 continue; // the file's bytes: not the chain's business
             }
             let want = model.get(&addr).map_or(&zero[..], |b| &b[..]);
@@ -166,7 +167,7 @@ fn verify(pid: i32, epoch: u64, vmas: &[VmaCapture], model: &Model) -> Result<()
                 }
                 continue;
             }
-            crate::sys::read_remote(pid, &mut page, &[(addr, PAGE as usize)]).map_err(
+            crate::linux::sys::read_remote(pid, &mut page, &[(addr, PAGE as usize)]).map_err(
                 |source| CaptureError::Memory {
                     pid,
                     addr,
@@ -259,7 +260,7 @@ impl Session {
         c.times.pause = at.elapsed();
         // After the resume (an epoch never kills, so a refusal only stops the
         // session): no epoch that restore would refuse is written.
-        crate::refuse::captured(&c)?;
+        crate::capture::refuse::captured(&c)?;
         self.next += 1;
         Ok(c)
     }

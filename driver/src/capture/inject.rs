@@ -8,7 +8,7 @@
 //! kernel's own restart logic does not run again after a syscall-exit stop.
 
 use crate::error::CaptureError;
-use crate::sys::{self, UserRegs, WaitStatus};
+use crate::linux::sys::{self, UserRegs, WaitStatus};
 
 /// What happens to a syscall the thread was blocked in when it was stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::CaptureError;
-use crate::procfs::{self, EpollEntry};
-use crate::sys;
+use crate::linux::procfs::{self, EpollEntry};
+use crate::linux::sys;
 
 /// A captured fd.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::capture::{VmaCapture, VmaKind};
 use crate::error::CaptureError;
-use crate::procfs::MapEntry;
+use crate::linux::procfs::MapEntry;
 
 /// What is recorded about one mapped file.
 #[derive(Clone, Debug, PartialEq, Eq)]

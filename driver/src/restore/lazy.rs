@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use crate::capture::{VmaCapture, VmaKind};
 use crate::image::Mapped;
+use crate::linux::sys;
+use crate::linux::uffd;
 use crate::lock::{ProgramLock, Role};
 use crate::restore::RestoreError;
-use crate::sys;
-use crate::uffd;
 
 const PAGE: u64 = 4096;
 /// What one fault brings in: the aligned 64 KiB around it, within its run.

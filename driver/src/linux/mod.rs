@@ -1,0 +1,8 @@
+//! The kernel interface: raw syscalls and ioctls the `nix` crate does not cover
+//! (userfaultfd, `PAGEMAP_SCAN`, `process_vm_readv` batches, pidfd calls), the
+//! `/proc` readers, and the page-aligned staging buffer.
+
+pub mod procfs;
+pub mod staging;
+pub mod sys;
+pub mod uffd;
