@@ -613,7 +613,7 @@ fn bench_size(c: &mut Criterion, mib: u64, dir: &Path) -> SizeReport {
         .unwrap_or_else(|e| panic!("capture (kill) of kvstore pid {} failed: {e}", kv.pid));
     let (pid, addr) = (kv.pid, kv.addr);
     kv.reap();
-    rep.threads = cap.threads.len();
+    rep.threads = cap.epoch.threads.len();
     rep.npages = cap.npages();
     let image = dir.join(format!("kvstore-{mib}MiB.img"));
     let t = Instant::now();

@@ -376,7 +376,7 @@ fn pause_case(heap_mib: u64, percent: f64) -> PauseCase {
         let stats = encode(&c, &mut sink).unwrap_or_else(|e| panic!("encoding an epoch: {e}"));
         let wall = t0.elapsed();
         let cpu = cpu_time().saturating_sub(cpu0);
-        assert!(!c.full, "epoch {} is a full one", c.epoch);
+        assert!(!c.epoch.full, "epoch {} is a full one", c.epoch.number);
         assert_eq!(sink.0, stats.bytes, "encode's byte count");
         if i >= WARMUP_EPOCHS {
             samples.push(EpochSample {
@@ -386,7 +386,7 @@ fn pause_case(heap_mib: u64, percent: f64) -> PauseCase {
                 bytes: stats.bytes,
                 cpu,
                 wall,
-                threads: c.threads.len(),
+                threads: c.epoch.threads.len(),
             });
         }
     }

@@ -24,6 +24,7 @@ pub mod capture;
 pub mod error;
 pub mod image;
 pub mod linux;
+pub mod model;
 pub mod lock;
 pub mod restore;
 pub mod run;

@@ -1,12 +1,13 @@
 //! `cs-driver`: the CheckSync command line.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cs_driver::model::{Epoch, PageSource};
 use cs_driver::{capture, image, image::inspect, restore, restore::lazy, run};
 
 #[derive(Parser, Debug)]
@@ -232,11 +233,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             eprintln!(
                 "cs-driver: dumped pid {} ({} threads, {} VMAs, {} pages present, {} fds) to {}: {} bytes, {} pages stored and {} zero pages recorded without data; pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2} of which copy {:.2} for {} pages, fds {:.2}); pre-copy {:.2} ms of {} pages, with a {:.2} ms stop; program {}",
-                c.pid,
-                c.threads.len(),
-                c.vmas.len(),
+                c.epoch.process.pid,
+                c.epoch.threads.len(),
+                c.epoch.vmas.len(),
                 c.npages(),
-                c.fds.len(),
+                c.epoch.fds.len(),
                 output.display(),
                 stats.bytes,
                 stats.pages - stats.zero_pages,
@@ -286,12 +287,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let started = std::time::Instant::now();
             restore::check_privileges()?;
-            let (file, path) = if path.is_dir() {
-                (fold_folder(&path, epoch)?, path)
+            // A folder restores from its chain in place (no fold written); an
+            // image file from its own pages.
+            let (plan, pages): (Epoch, Arc<dyn PageSource>) = if path.is_dir() {
+                let (e, p) = open_folder(&path, epoch)?;
+                (e, Arc::new(p))
             } else {
-                (image::open_image(&path)?, path)
+                let file = image::open_image(&path)?;
+                let d = image::read_image(&file, &path.display().to_string())?;
+                (d.epoch, Arc::new(d.pages))
             };
-            let summary = image::read_image(&file, &path.display().to_string())?;
             let checked = started.elapsed();
             if !detach {
                 catch_signals();
@@ -302,11 +307,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 stderr,
                 eager,
             };
-            let mut r = restore::restore(&summary.plan, &file, &opts)?;
+            let mut r = restore::restore(&plan, pages, &opts)?;
             eprintln!(
                 "cs-driver: image checked in {:.1} ms; restored pid {} (host pid {}) from {} in {:.1} ms",
                 ms(checked),
-                summary.plan.pid,
+                plan.process.pid,
                 r.host_pid,
                 path.display(),
                 ms(r.elapsed)
@@ -316,7 +321,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let s = l.wait()?;
                 eprintln!(
                     "cs-driver: every page of pid {} is in {:.1} ms after the fill began ({} faults brought {} pages, {} pages filled in the background)",
-                    summary.plan.pid,
+                    plan.process.pid,
                     ms(s.elapsed),
                     s.faults,
                     s.fault_pages,
@@ -351,7 +356,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let file = image::open_image(&path)?;
             let summary = image::read_image(&file, &path.display().to_string())?;
             // An image this machine cannot restore is refused here too.
-            restore::check_cpu(&summary.plan)
+            restore::check_cpu(&summary.epoch)
                 .with_context(|| format!("{} cannot be restored here", path.display()))?;
             print!("{}", inspect::render(&summary, verbose));
             Ok(ExitCode::SUCCESS)
@@ -453,14 +458,14 @@ fn checkpoint(
     cs_driver::cancel::catch();
     let left = "the program was left as it was";
     let write = |c: &capture::Capture| -> anyhow::Result<image::WriteStats> {
-        let path = dir.join(chain::name(c.epoch, c.full));
+        let path = dir.join(chain::name(c.epoch.number, c.epoch.full));
         // The program runs while its epoch is written: on a small machine the
         // encoding must not take the CPU from it. The freeze keeps normal priority.
         let _low = LowPriority::new();
         let mut out = image::ImageOut::create(&path)?;
         let stats = out
             .write(c, &mut |_, _| {})
-            .with_context(|| format!("writing epoch {}", c.epoch))?;
+            .with_context(|| format!("writing epoch {}", c.epoch.number))?;
         out.commit()?;
         Ok(stats)
     };
@@ -474,13 +479,13 @@ fn checkpoint(
                 .append(true)
                 .open(dir.join(chain::PAUSES))
             {
-                let _ = writeln!(f, "{} {:.3}", c.epoch, ms(c.times.pause));
+                let _ = writeln!(f, "{} {:.3}", c.epoch.number, ms(c.times.pause));
             }
         }
         eprintln!(
             "cs-driver: epoch {} ({}): pause {:.2} ms (freeze {:.2}, threads {:.2}, inject {:.2}, memory {:.2}, fds {:.2}), {} pages ({} zero), {} bytes, {} threads",
-            c.epoch,
-            if c.full { "full" } else { "delta" },
+            c.epoch.number,
+            if c.epoch.full { "full" } else { "delta" },
             ms(c.times.pause),
             ms(c.times.freeze),
             ms(c.times.threads),
@@ -490,7 +495,7 @@ fn checkpoint(
             s.pages,
             s.zero_pages,
             s.bytes,
-            c.threads.len()
+            c.epoch.threads.len()
         );
     };
     let (mut session, first) =
@@ -541,7 +546,7 @@ fn checkpoint(
                 let all = chain::list(dir)?;
                 let base = all.iter().rposition(|f| f.full).unwrap_or(0);
                 if (all.len() - base - 1) as u64 > k {
-                    let (dir, upto) = (dir.to_path_buf(), c.epoch);
+                    let (dir, upto) = (dir.to_path_buf(), c.epoch.number);
                     // In the background: a fold reads and writes whole images; the
                     // freezes go on meanwhile.
                     folding = Some(std::thread::spawn(move || {
@@ -603,7 +608,10 @@ fn joined_fold(h: std::thread::JoinHandle<anyhow::Result<u64>>) -> anyhow::Resul
 
 /// Folds a checkpoint folder's chain (to `epoch`, or the newest) into one full
 /// image and opens it (the file is unlinked once open).
-fn fold_folder(dir: &std::path::Path, epoch: Option<u64>) -> anyhow::Result<File> {
+fn open_folder(
+    dir: &std::path::Path,
+    epoch: Option<u64>,
+) -> anyhow::Result<(Epoch, cs_driver::image::chain::ChainPages)> {
     use cs_driver::image::chain;
     let all = chain::list(dir)?;
     if all.is_empty() {
@@ -613,30 +621,15 @@ fn fold_folder(dir: &std::path::Path, epoch: Option<u64>) -> anyhow::Result<File
         );
     }
     let chain = chain::chain_for(&all, epoch, dir)?;
-    // Beside the epochs (same filesystem, room for an image); in the temporary
-    // directory when the folder is read-only (a copy on read-only media).
-    let name = format!(".folded-{}.img", std::process::id());
-    let (folded, mut out) = match image::ImageOut::create(&dir.join(&name)) {
-        Ok(out) => (dir.join(&name), out),
-        Err(first) => {
-            let tmp = std::env::temp_dir().join(&name);
-            match image::ImageOut::create(&tmp) {
-                Ok(out) => (tmp, out),
-                Err(_) => return Err(first.into()),
-            }
-        }
-    };
-    let n = chain::fold(&chain, &mut out)?;
-    out.commit()?;
-    let file = image::open_image(&folded);
-    let _ = std::fs::remove_file(&folded);
+    let (e, pages) = chain::open(&chain)?;
     eprintln!(
-        "cs-driver: epoch {n} of {} (a chain of {} epochs from {})",
+        "cs-driver: epoch {} of {} (a chain of {} epochs from {})",
+        e.number,
         dir.display(),
         chain.len(),
         chain[0].epoch
     );
-    Ok(file?)
+    Ok((e, pages))
 }
 
 /// `cs-driver inspect DIR`: every committed epoch, verified.
@@ -669,17 +662,18 @@ fn inspect_folder(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             .collect();
     for f in &all {
         let file = image::open_image(&f.path)?;
-        let s = image::read_image_any(&file, &f.path.display().to_string())?;
+        let d = image::read_image_any(&file, &f.path.display().to_string())?;
+        let (s, st) = (&d.epoch, &d.stats);
         let _ = writeln!(
             out,
             "{:>8}  {:<5}  {:>23.3}  {:>8}  {:>8}  {:>12}  {:>9}",
-            s.epoch,
+            s.number,
             if s.full { "full" } else { "delta" },
             s.wall_ns as f64 / 1e9,
-            s.pages_stored,
-            s.pages_zero,
-            s.bytes,
-            pauses.get(&s.epoch).map_or("-", |p| p.as_str())
+            st.pages_stored,
+            st.pages_zero,
+            st.bytes,
+            pauses.get(&s.number).map_or("-", |p| p.as_str())
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -456,6 +456,36 @@ fn take_thread(st: &mut State, t: &ThreadState<'_>) -> R<()> {
     Ok(())
 }
 
+/// Every VMA is mapped (and writable): lets the driver fill them, now or lazily
+/// through a userfaultfd made here (this mm's). Reports `CSPG` and the uffd's
+/// number on `report_fd`, then waits for one byte on `go`.
+fn hand_over(report_fd: usize, go: usize) -> R<()> {
+    // SAFETY: userfaultfd takes flags; write/read/close on our own fds from live
+    // buffers.
+    unsafe {
+        let ufd = syscall3(
+            nr::USERFAULTFD,
+            0o2_000_000 | 0o4_000, /* O_CLOEXEC | O_NONBLOCK */
+            0,
+            0,
+        );
+        let mut msg = [0u8; restore_stub::report::PAGES_MSG_LEN];
+        msg[..4].copy_from_slice(&restore_stub::report::PAGES_MAGIC);
+        msg[4..].copy_from_slice(&(ufd as i32).to_le_bytes());
+        syscall3(nr::WRITE, report_fd, msg.as_ptr() as usize, msg.len());
+        let mut b = [0u8; 1];
+        let rc = syscall3(nr::READ, go, b.as_mut_ptr() as usize, 1);
+        if rc != 1 {
+            return Err(Fail(Phase::FillPages, rc as i64, 0));
+        }
+        syscall3(nr::CLOSE, go, 0, 0);
+        if ufd >= 0 {
+            syscall3(nr::CLOSE, ufd as usize, 0, 0);
+        }
+    }
+    Ok(())
+}
+
 /// A PageRun frame whose payload starts at `off` and is `plen` bytes: the trailer
 /// (start, npages, encoding, data checksum) is read first, then the data straight
 /// into place. The driver verified every checksum before starting the stub.
@@ -588,31 +618,7 @@ fn restore(args: &Args) -> R<State> {
             match args.go_fd {
                 None => fill_pages(&st, fd, payload_at, plen)?,
                 Some(go) => {
-                    // Every VMA is mapped (and writable): let the driver fill them,
-                    // now or lazily through a userfaultfd made here (this mm's).
-                    // SAFETY: userfaultfd takes flags; write/read/close on our own
-                    // fds from live buffers.
-                    unsafe {
-                        let ufd = syscall3(
-                            nr::USERFAULTFD,
-                            0o2_000_000 | 0o4_000, /* O_CLOEXEC | O_NONBLOCK */
-                            0,
-                            0,
-                        );
-                        let mut msg = [0u8; restore_stub::report::PAGES_MSG_LEN];
-                        msg[..4].copy_from_slice(&restore_stub::report::PAGES_MAGIC);
-                        msg[4..].copy_from_slice(&(ufd as i32).to_le_bytes());
-                        syscall3(nr::WRITE, args.report_fd, msg.as_ptr() as usize, msg.len());
-                        let mut b = [0u8; 1];
-                        let rc = syscall3(nr::READ, go, b.as_mut_ptr() as usize, 1);
-                        if rc != 1 {
-                            return Err(Fail(Phase::FillPages, rc as i64, 0));
-                        }
-                        syscall3(nr::CLOSE, go, 0, 0);
-                        if ufd >= 0 {
-                            syscall3(nr::CLOSE, ufd as usize, 0, 0);
-                        }
-                    }
+                    hand_over(args.report_fd, go)?;
                     // The driver verified the image, including that nothing but
                     // page runs and the epoch commit follow the first page run.
                     break;
@@ -664,7 +670,14 @@ fn restore(args: &Args) -> R<State> {
                     }
                 }
             }
-            FrameKind::EpochCommit => break,
+            FrameKind::EpochCommit => {
+                // Metadata only (the driver fills every page from its page
+                // source): hand over at the end of the frames.
+                if let Some(go) = args.go_fd {
+                    hand_over(args.report_fd, go)?;
+                }
+                break;
+            }
             _ => {}
         }
     }

@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::capture::{VmaCapture, VmaKind};
+use crate::capture::{Vma, VmaKind};
 use crate::error::CaptureError;
 use crate::linux::procfs::MapEntry;
 
@@ -103,7 +103,7 @@ pub fn read_mapped(pid: i32, maps: &[MapEntry]) -> Result<Vec<FileIdentity>, Cap
 /// Adds an entry (stat by path, no hash) for every file-backed VMA that `before`
 /// lacks: a file the program mapped between the first read and the freeze. Runs
 /// after the pause.
-pub fn complete(mut before: Vec<FileIdentity>, vmas: &[VmaCapture]) -> Vec<FileIdentity> {
+pub fn complete(mut before: Vec<FileIdentity>, vmas: &[Vma]) -> Vec<FileIdentity> {
     for v in vmas {
         let VmaKind::File { path, .. } = &v.kind else {
             continue;
@@ -166,7 +166,7 @@ pub fn differences(want: &FileIdentity) -> std::io::Result<Vec<String>> {
 
 /// Checks every file the image maps against its recorded identity. A file-backed
 /// VMA whose path has no recorded identity is refused too.
-pub fn check_all(ids: &[FileIdentity], vmas: &[VmaCapture]) -> Result<(), Mismatch> {
+pub fn check_all(ids: &[FileIdentity], vmas: &[Vma]) -> Result<(), Mismatch> {
     let mut paths: Vec<&Vec<u8>> = vmas
         .iter()
         .filter_map(|v| match &v.kind {

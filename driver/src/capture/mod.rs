@@ -25,97 +25,19 @@ use std::time::{Duration, Instant};
 
 use crate::capture::freeze::Frozen;
 use crate::error::CaptureError;
-use crate::linux::procfs::{self, MapEntry, MmLayout, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::linux::procfs::{self, MapEntry, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
+pub use crate::model::{
+    Epoch, MmLayout, PageRun, PageSource, Process, Rlimit, SigAction, Thread, Vma, VmaKind, PAGE,
+    PROT_R, PROT_W, PROT_X,
+};
 use crate::linux::staging::Staging;
 use crate::linux::sys::{self, UserRegs};
 use crate::lock::{ProgramLock, Role};
-use fds::FdCapture;
 use inject::{Injector, Restart, Site};
 use track::Tracker;
 
-pub const PAGE: u64 = 4096;
 /// Scratch space per thread for its safety frame (XSAVE areas reach ~11 KiB with AMX).
 const FRAME_SLOT: u64 = 16 << 10;
-
-/// One thread's state.
-#[derive(Clone, Debug)]
-pub struct ThreadCapture {
-    /// Thread id in the driver's pid namespace.
-    pub host_tid: i32,
-    /// Thread id as the program sees it (innermost NSpid).
-    pub tid: i32,
-    pub comm: Vec<u8>,
-    /// Registers exactly as found at the stop.
-    pub regs: UserRegs,
-    pub restart: Restart,
-    pub xsave: Vec<u8>,
-    pub sigmask: u64,
-    pub altstack: (u64, u32, u64),
-    /// Ids, groups, capabilities, securebits, no_new_privs, seccomp (and dumpable).
-    pub creds: crate::capture::creds::ThreadCreds,
-}
-
-/// What a mapping is backed by.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmaKind {
-    Anonymous,
-    File { path: Vec<u8>, offset: u64 },
-    Vdso,
-    Vvar,
-    VvarVclock,
-    Stack,
-    Heap,
-    Vsyscall,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmaCapture {
-    pub start: u64,
-    pub end: u64,
-    pub prot: u8,
-    pub shared: bool,
-    pub growsdown: bool,
-    /// `MAP_DROPPABLE` (VmFlags `dp`): contents are never stored; restored zeroed, as
-    /// after a fork with wipe-on-fork (Go's vgetrandom state then reseeds).
-    pub droppable: bool,
-    /// Mapped without read access: an address-space reservation, never read.
-    pub reservation: bool,
-    /// MAP_NORESERVE (VmFlags `nr`).
-    pub noreserve: bool,
-    /// madvise state that splits VMAs and must come back: `hg`, `nh`, `dd`, `wf`.
-    pub hugepage: bool,
-    pub nohugepage: bool,
-    pub dontdump: bool,
-    pub wipeonfork: bool,
-    pub kind: VmaKind,
-}
-
-pub const PROT_R: u8 = 1;
-pub const PROT_W: u8 = 2;
-pub const PROT_X: u8 = 4;
-
-/// A run of consecutive present pages whose bytes sit at `offset` in the staging buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageSpan {
-    pub start: u64,
-    pub npages: u64,
-    pub offset: usize,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SigAction {
-    pub handler: u64,
-    pub flags: u64,
-    pub restorer: u64,
-    pub mask: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rlimit {
-    pub resource: u32,
-    pub soft: u64,
-    pub hard: u64,
-}
 
 /// Timings of the phases of one capture.
 #[derive(Clone, Copy, Debug, Default)]
@@ -153,55 +75,47 @@ impl Default for Options {
     }
 }
 
-/// Everything captured from one process.
+/// One capture: the epoch, the staged bytes of its pages, and how it went.
 #[derive(Debug)]
 pub struct Capture {
+    pub epoch: Epoch,
+    /// The program's pid in the driver's pid namespace.
     pub host_pid: i32,
-    /// The pid the program sees (innermost NSpid).
-    pub pid: i32,
-    pub threads: Vec<ThreadCapture>,
-    pub vmas: Vec<VmaCapture>,
-    pub spans: Vec<PageSpan>,
-    pub staging: Staging,
-    /// Signal handlers for 1..=64 (index 0 = signal 1).
-    pub sigactions: Vec<SigAction>,
-    pub fds: Vec<FdCapture>,
-    pub mm: MmLayout,
-    pub auxv: Vec<u8>,
-    pub exe: Vec<u8>,
-    pub cwd: Vec<u8>,
-    pub comm: Vec<u8>,
-    pub umask: u32,
-    pub rlimits: Vec<Rlimit>,
-    pub xsave_size: u32,
-    pub xcr0: u64,
-    /// The program's CLOCK_MONOTONIC / CLOCK_BOOTTIME at the freeze (its time namespace included).
-    pub monotonic_ns: u64,
-    pub boottime_ns: u64,
-    pub kernel_release: Vec<u8>,
+    /// The stored pages: runs into the staging buffer.
+    pub pages: Staged,
     pub times: CaptureTimes,
     /// Why the pre-copy was not used, when it was asked for and could not be.
     pub precopy_note: Option<String>,
-    /// Epoch number, and whether this is a full epoch or a delta of a chain.
-    pub epoch: u64,
-    pub full: bool,
-    /// Wall-clock time of the freeze, ns since the Unix epoch.
-    pub wall_ns: u64,
-    /// In a delta: page ranges `[start, end)` the program released since the last
-    /// epoch (they read as zero), written as zero runs.
-    pub zeros: Vec<(u64, u64)>,
     /// In a delta: mappings new since the last epoch (registered with the tracker
     /// in this freeze and carried whole).
     pub new_mappings: Vec<(u64, u64)>,
-    /// Identity of every mapped file (read before the freeze, see [`crate::capture::identity`]).
-    pub mapped_files: Vec<crate::capture::identity::FileIdentity>,
-    /// The program was in a job-control stop (SIGSTOP): it is restored stopped.
-    pub stopped: bool,
 }
 
 impl Capture {
     pub fn npages(&self) -> u64 {
-        self.spans.iter().map(|s| s.npages).sum()
+        self.pages.runs.iter().map(|s| s.npages).sum()
+    }
+}
+
+/// Page runs whose bytes sit in a staging buffer (`offset` = byte offset in it).
+#[derive(Debug)]
+pub struct Staged {
+    pub staging: Staging,
+    pub runs: Vec<PageRun>,
+}
+
+impl PageSource for Staged {
+    fn runs(&self) -> &[PageRun] {
+        &self.runs
+    }
+
+    fn bytes(&self, i: usize) -> &[u8] {
+        let r = &self.runs[i];
+        let len = (r.npages * PAGE) as usize;
+        self.staging
+            .as_slice()
+            .get(r.offset..r.offset + len)
+            .unwrap_or_default()
     }
 }
 
@@ -375,7 +289,7 @@ pub const REQUERY_EVERY: u32 = 50;
 
 impl Queried {
     fn from(
-        threads: &[ThreadCapture],
+        threads: &[Thread],
         sigactions: &[SigAction],
         status: &procfs::Status,
         before: Option<&Queried>,
@@ -397,7 +311,7 @@ impl Queried {
         }
     }
 
-    fn still_valid(&self, threads: &[ThreadCapture], status: &procfs::Status) -> bool {
+    fn still_valid(&self, threads: &[Thread], status: &procfs::Status) -> bool {
         self.age > 0
             && !self.age.is_multiple_of(REQUERY_EVERY)
             && status.sig_cgt == self.sig_cgt
@@ -409,7 +323,7 @@ impl Queried {
                 .all(|(t, q)| t.host_tid == q.0)
     }
 
-    fn apply(&self, threads: &mut [ThreadCapture]) -> Vec<SigAction> {
+    fn apply(&self, threads: &mut [Thread]) -> Vec<SigAction> {
         for (t, q) in threads.iter_mut().zip(&self.threads) {
             t.altstack = q.1;
             t.creds.securebits = q.2;
@@ -620,34 +534,40 @@ pub(crate) fn capture_frozen(
     a.mapped_files = crate::capture::identity::complete(std::mem::take(&mut a.mapped_files), &vmas);
     a.maps_before = maps;
     let c = Capture {
+        epoch: Epoch {
+            number: 1,
+            full: true,
+            wall_ns,
+            process: Process {
+                pid: a.ns_pid,
+                exe: a.exe.clone(),
+                cwd: a.cwd.clone(),
+                comm: a.comm.clone(),
+                umask: status.umask,
+                rlimits: a.rlimits.clone(),
+                auxv: a.auxv.clone(),
+                mm,
+                xsave_size: a.host_xsave,
+                xcr0: a.xcr0,
+                monotonic_ns,
+                boottime_ns,
+                kernel_release: a.kernel_release.clone(),
+                stopped,
+            },
+            threads,
+            sigactions,
+            vmas,
+            fds,
+            files: a.mapped_files.clone(),
+            zeros: ranges.zeros,
+        },
         host_pid: pid,
-        pid: a.ns_pid,
-        threads,
-        vmas,
-        spans,
-        staging,
-        sigactions,
-        fds,
-        mm,
-        auxv: a.auxv.clone(),
-        exe: a.exe.clone(),
-        cwd: a.cwd.clone(),
-        comm: a.comm.clone(),
-        umask: status.umask,
-        rlimits: a.rlimits.clone(),
-        xsave_size: a.host_xsave,
-        xcr0: a.xcr0,
-        monotonic_ns,
-        boottime_ns,
-        kernel_release: a.kernel_release.clone(),
+        pages: Staged {
+            staging,
+            runs: spans,
+        },
         times,
         precopy_note,
-        mapped_files: a.mapped_files.clone(),
-        stopped,
-        epoch: 1,
-        full: true,
-        wall_ns,
-        zeros: ranges.zeros,
         new_mappings: ranges.new_mappings,
     };
     Ok((c, frozen))
@@ -702,7 +622,7 @@ pub fn capture_held(pid: i32, opts: Options) -> Result<(Capture, Held), CaptureE
     Ok((c, held))
 }
 
-fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture, CaptureError> {
+fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<Thread, CaptureError> {
     let regs =
         sys::ptrace_getregs(tid).map_err(CaptureError::ptrace("GETREGSET(NT_PRSTATUS)", tid))?;
     let mut xsave = vec![0u8; xsave_size.max(4096)];
@@ -720,7 +640,7 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
     let st = procfs::read_status_task(pid, tid)?;
     let comm = fs::read(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
     let comm = comm.strip_suffix(b"\n").unwrap_or(&comm).to_vec();
-    Ok(ThreadCapture {
+    Ok(Thread {
         host_tid: tid,
         tid: *st.ns_pid.last().unwrap_or(&tid),
         comm,
@@ -746,7 +666,7 @@ fn capture_thread(pid: i32, tid: i32, xsave_size: usize) -> Result<ThreadCapture
 /// `uc_stack`, so the frame is right before it is ever needed.
 fn inject_queries(
     site: &Site,
-    threads: &mut [ThreadCapture],
+    threads: &mut [Thread],
     status: &procfs::Status,
 ) -> Result<Vec<SigAction>, CaptureError> {
     let pid = site.inj.pid;
@@ -1101,7 +1021,7 @@ fn batch_sigactions(
     Ok(acts)
 }
 
-fn vma_of(m: &MapEntry) -> Result<VmaCapture, CaptureError> {
+fn vma_of(m: &MapEntry) -> Result<Vma, CaptureError> {
     let kind = match m.name.as_str() {
         "[vdso]" => VmaKind::Vdso,
         "[vvar]" => VmaKind::Vvar,
@@ -1118,7 +1038,7 @@ fn vma_of(m: &MapEntry) -> Result<VmaCapture, CaptureError> {
     let prot = (if m.read { PROT_R } else { 0 })
         | (if m.write { PROT_W } else { 0 })
         | (if m.exec { PROT_X } else { 0 });
-    Ok(VmaCapture {
+    Ok(Vma {
         start: m.start,
         end: m.end,
         prot,
@@ -1136,7 +1056,7 @@ fn vma_of(m: &MapEntry) -> Result<VmaCapture, CaptureError> {
 }
 
 /// Whether a mapping's pages are stored in the image.
-pub fn stores_pages(v: &VmaCapture) -> bool {
+pub fn stores_pages(v: &Vma) -> bool {
     // A shared file mapping's contents are the file's: it is mapped again, not stored.
     let shared_file = v.shared && matches!(v.kind, VmaKind::File { .. });
     v.prot & PROT_R != 0
@@ -1151,12 +1071,12 @@ pub fn stores_pages(v: &VmaCapture) -> bool {
 fn capture_memory(
     pid: i32,
     maps: &[MapEntry],
-    vmas: &[VmaCapture],
+    vmas: &[Vma],
     staging: &mut Staging,
-) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
+) -> Result<(Vec<PageRun>, Duration, u64), CaptureError> {
     let pagemap = Pagemap::open(pid)?;
     let mut entries = Vec::new();
-    let mut spans: Vec<PageSpan> = Vec::new();
+    let mut spans: Vec<PageRun> = Vec::new();
     let mut total: u64 = 0;
     for (m, v) in maps.iter().zip(vmas) {
         if !stores_pages(v) {
@@ -1173,7 +1093,7 @@ fn capture_memory(
             let addr = m.start + i as u64 * PAGE;
             match spans.last_mut() {
                 Some(s) if s.start + s.npages * PAGE == addr => s.npages += 1,
-                _ => spans.push(PageSpan {
+                _ => spans.push(PageRun {
                     start: addr,
                     npages: 1,
                     offset: (total * PAGE) as usize,
@@ -1191,7 +1111,7 @@ fn capture_memory(
 pub(crate) fn refuse_shared_anon(
     pid: i32,
     m: &MapEntry,
-    v: &VmaCapture,
+    v: &Vma,
 ) -> Result<(), CaptureError> {
     if v.shared {
         return Err(CaptureError::Unsupported {
@@ -1222,7 +1142,7 @@ pub struct Precopy {
     tracker: Tracker,
     /// Pages copied while the program ran, in address order, back to back from
     /// offset 0 of the staging buffer.
-    staged: Vec<PageSpan>,
+    staged: Vec<PageRun>,
     bytes: usize,
     prefreeze: Duration,
 }
@@ -1260,13 +1180,13 @@ fn precopy(
             source: e,
         })?;
     }
-    let mut staged: Vec<PageSpan> = Vec::with_capacity(regions.len());
+    let mut staged: Vec<PageRun> = Vec::with_capacity(regions.len());
     let mut bytes = 0usize;
     for r in &regions {
         let npages = (r.end - r.start) / PAGE;
         match staged.last_mut() {
             Some(s) if s.start + s.npages * PAGE == r.start => s.npages += npages,
-            _ => staged.push(PageSpan {
+            _ => staged.push(PageRun {
                 start: r.start,
                 npages,
                 offset: bytes,
@@ -1293,10 +1213,10 @@ fn precopy(
 fn capture_memory_tracked(
     pid: i32,
     maps: &[MapEntry],
-    vmas: &[VmaCapture],
+    vmas: &[Vma],
     staging: &mut Staging,
     pre: &Precopy,
-) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
+) -> Result<(Vec<PageRun>, Duration, u64), CaptureError> {
     let mut regions = Vec::new();
     let q = track::Query::stored(track::PAGE_IS_WRITTEN | track::PAGE_IS_WPALLOWED);
     let pagemap = &pre.tracker.pagemap;
@@ -1365,15 +1285,15 @@ fn capture_memory_tracked(
 /// and the buffer's new length. Staged pages outside `regions` are left out.
 pub(crate) fn place(
     regions: &[track::PageRegion],
-    staged: &[PageSpan],
+    staged: &[PageRun],
     staged_bytes: usize,
-) -> (Vec<PageSpan>, Vec<Job>, usize) {
+) -> (Vec<PageRun>, Vec<Job>, usize) {
     let staged_end = |i: usize| staged[i].start + staged[i].npages * PAGE;
-    let mut spans: Vec<PageSpan> = Vec::with_capacity(regions.len());
+    let mut spans: Vec<PageRun> = Vec::with_capacity(regions.len());
     let mut jobs: Vec<Job> = Vec::new();
     let mut append = staged_bytes;
     let mut si = 0usize;
-    let push = |spans: &mut Vec<PageSpan>, start: u64, end: u64, offset: usize| {
+    let push = |spans: &mut Vec<PageRun>, start: u64, end: u64, offset: usize| {
         let npages = (end - start) / PAGE;
         match spans.last_mut() {
             Some(s)
@@ -1382,7 +1302,7 @@ pub(crate) fn place(
             {
                 s.npages += npages
             }
-            _ => spans.push(PageSpan {
+            _ => spans.push(PageRun {
                 start,
                 npages,
                 offset,
@@ -1426,7 +1346,7 @@ pub(crate) fn place(
 }
 
 /// One job per span: its pages to its place in the staging buffer.
-fn jobs_of(spans: &[PageSpan]) -> Vec<Job> {
+fn jobs_of(spans: &[PageRun]) -> Vec<Job> {
     spans
         .iter()
         .map(|s| Job {
@@ -1438,7 +1358,7 @@ fn jobs_of(spans: &[PageSpan]) -> Vec<Job> {
 }
 
 /// The parts of `spans` (sorted, disjoint) inside `[start, end)`, as address ranges.
-pub(crate) fn clip_spans(spans: &[PageSpan], start: u64, end: u64) -> Vec<(u64, u64)> {
+pub(crate) fn clip_spans(spans: &[PageRun], start: u64, end: u64) -> Vec<(u64, u64)> {
     let first = spans.partition_point(|s| s.start + s.npages * PAGE <= start);
     spans[first..]
         .iter()
@@ -1666,7 +1586,7 @@ mod tests {
 
     #[test]
     fn spans_are_clipped_to_a_mapping() {
-        let sp = |start: u64, npages: u64| PageSpan {
+        let sp = |start: u64, npages: u64| PageRun {
             start,
             npages,
             offset: 0,

@@ -152,8 +152,10 @@ pub fn before_freeze(pid: i32, pidfd: RawFd, maps: &[MapEntry]) -> Result<(), Ca
 }
 
 /// On the capture, before the image is committed and the program killed.
-pub fn captured(c: &Capture) -> Result<(), CaptureError> {
-    let mut items = unrestorable_fds(c.host_pid, &c.fds);
+pub fn captured(cap: &Capture) -> Result<(), CaptureError> {
+    let c = &cap.epoch;
+    let host_pid = cap.host_pid;
+    let mut items = unrestorable_fds(host_pid, &c.fds);
     if c.vmas.len() > restore_stub::MAX_VMAS {
         items.push(format!(
             "{} mappings: the restore stub handles at most {}",
@@ -183,11 +185,11 @@ pub fn captured(c: &Capture) -> Result<(), CaptureError> {
     items.extend(seccomp_items(
         c.threads.iter().map(|t| (t.host_tid, t.creds.seccomp)),
     ));
-    items.extend(posix_timers(c.host_pid));
-    let kids = children(c.host_pid);
+    items.extend(posix_timers(host_pid));
+    let kids = children(host_pid);
     items.extend(
         kids.into_iter()
             .map(|(p, comm)| format!("child process {p} ({comm})")),
     );
-    refusal(c.host_pid, items)
+    refusal(host_pid, items)
 }

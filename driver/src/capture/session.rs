@@ -26,7 +26,7 @@ use crate::capture::inject;
 use crate::capture::track::{self, Tracker};
 use crate::capture::{
     self, capture_frozen, clip_spans, copy_jobs, grow, place, refuse_shared_anon, stores_pages,
-    subtract, Attached, Capture, CaptureTimes, Held, Job, Memory, Options, PageSpan, VmaCapture,
+    subtract, Attached, Capture, CaptureTimes, Held, Job, Memory, Options, PageRun, Vma,
     VmaKind, PAGE,
 };
 use crate::error::CaptureError;
@@ -72,23 +72,23 @@ impl Broken {
     }
 
     fn apply(self, c: &mut Capture) {
-        if c.full {
+        if c.epoch.full {
             return;
         }
         let new = std::mem::take(&mut c.new_mappings);
         let in_new = |a: u64| new.iter().any(|&(s, e)| s <= a && a < e);
-        let data = c.staging.as_slice();
-        let zero = |s: &PageSpan| {
+        let data = c.pages.staging.as_slice();
+        let zero = |s: &PageRun| {
             data[s.offset..s.offset + (s.npages * PAGE) as usize]
                 .iter()
                 .all(|&b| b == 0)
         };
-        let mut spans = Vec::with_capacity(c.spans.len());
-        for s in c.spans.drain(..) {
+        let mut spans = Vec::with_capacity(c.pages.runs.len());
+        for s in c.pages.runs.drain(..) {
             match self {
                 Broken::Written if !in_new(s.start) => {
                     if s.npages > 1 {
-                        spans.push(PageSpan {
+                        spans.push(PageRun {
                             npages: s.npages - 1,
                             ..s
                         });
@@ -99,9 +99,9 @@ impl Broken {
                 _ => spans.push(s),
             }
         }
-        c.spans = spans;
+        c.pages.runs = spans;
         if self == Broken::Mapping {
-            c.zeros.retain(|&(s, _)| !in_new(s));
+            c.epoch.zeros.retain(|&(s, _)| !in_new(s));
         }
         c.new_mappings = new;
     }
@@ -113,22 +113,23 @@ type Model = std::collections::BTreeMap<u64, Box<[u8]>>;
 /// Applies an epoch to the model: its pages, its zero runs, and only what lies in
 /// its stored mappings survives (as in the fold).
 fn apply(model: &mut Model, c: &Capture) {
-    if c.full {
+    if c.epoch.full {
         model.clear();
     }
-    let data = c.staging.as_slice();
-    for s in &c.spans {
+    let data = c.pages.staging.as_slice();
+    for s in &c.pages.runs {
         for i in 0..s.npages {
             let off = s.offset + (i * PAGE) as usize;
             model.insert(s.start + i * PAGE, data[off..off + PAGE as usize].into());
         }
     }
-    for &(start, end) in &c.zeros {
+    for &(start, end) in &c.epoch.zeros {
         for a in (start..end).step_by(PAGE as usize) {
             model.remove(&a);
         }
     }
     let stored: Vec<(u64, u64)> = c
+        .epoch
         .vmas
         .iter()
         .filter(|v| stores_pages(v) && !v.reservation)
@@ -141,7 +142,7 @@ fn apply(model: &mut Model, c: &Capture) {
 }
 
 /// Compares every present stored page of the frozen program with the model.
-fn verify(pid: i32, epoch: u64, vmas: &[VmaCapture], model: &Model) -> Result<(), CaptureError> {
+fn verify(pid: i32, epoch: u64, vmas: &[Vma], model: &Model) -> Result<(), CaptureError> {
     let pagemap = crate::linux::procfs::Pagemap::open(pid)?;
     let mut entries = Vec::new();
     let mut page = vec![0u8; PAGE as usize];
@@ -245,15 +246,15 @@ impl Session {
         };
         let (mut c, frozen) = capture_frozen(&mut self.attached, staging, memory, times, None)?;
         let at = frozen.frozen_at;
-        c.epoch = self.next;
-        c.full = full;
+        c.epoch.number = self.next;
+        c.epoch.full = full;
         if let Some(b) = self.broken {
             b.apply(&mut c);
         }
         if let Some(model) = self.model.as_mut() {
             // Still frozen: the chain must equal the memory exactly.
             apply(model, &c);
-            verify(pid, c.epoch, &c.vmas, model)?;
+            verify(pid, c.epoch.number, &c.epoch.vmas, model)?;
         }
         frozen.resume();
         inject::redeliver_deferred(pid);
@@ -271,7 +272,7 @@ impl Session {
 pub(crate) struct PreRound {
     /// Pages listed as written (and protected again), in address order, back to
     /// back from offset 0 of the staging buffer.
-    pub(crate) staged: Vec<PageSpan>,
+    pub(crate) staged: Vec<PageRun>,
     pub(crate) bytes: usize,
     /// The copy failed (a page was unmapped under it): the staged bytes are not
     /// to be used, and every staged page is copied again in the freeze.
@@ -309,13 +310,13 @@ fn pre_round(
             path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap (pre-copy round)"),
             source: e,
         })?;
-    let mut staged: Vec<PageSpan> = Vec::with_capacity(listed.len());
+    let mut staged: Vec<PageRun> = Vec::with_capacity(listed.len());
     let mut bytes = 0usize;
     for r in &listed {
         let npages = (r.end - r.start) / PAGE;
         match staged.last_mut() {
             Some(s) if s.start + s.npages * PAGE == r.start => s.npages += npages,
-            _ => staged.push(PageSpan {
+            _ => staged.push(PageRun {
                 start: r.start,
                 npages,
                 offset: bytes,
@@ -365,12 +366,12 @@ pub(crate) struct DeltaRanges {
 pub(crate) fn capture_delta(
     pid: i32,
     maps: &[MapEntry],
-    vmas: &[VmaCapture],
+    vmas: &[Vma],
     staging: &mut Staging,
     tracker: &mut Tracker,
     pre: &PreRound,
     out: &mut DeltaRanges,
-) -> Result<(Vec<PageSpan>, Duration, u64), CaptureError> {
+) -> Result<(Vec<PageRun>, Duration, u64), CaptureError> {
     let scan_err = |e| CaptureError::ProcIo {
         path: format!("PAGEMAP_SCAN of /proc/{pid}/pagemap"),
         source: e,

@@ -17,9 +17,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use core_format as cf;
 
-use crate::image::{self, ImageError, ImageOut, Mapped};
+use crate::image::{self, ImageError, ImageOut, ImagePages};
+use crate::model::{Epoch, PageRun, PageSource, PAGE};
 
 /// One committed epoch file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,10 +120,43 @@ enum Src {
     Raw { file: usize, offset: usize },
 }
 
-/// Folds `chain` (verified epoch by epoch) into a full image written to `out`.
-/// Returns the epoch number of the result.
-pub fn fold(chain: &[EpochFile], out: &mut ImageOut) -> Result<u64, ImageError> {
-    let mut maps = Vec::with_capacity(chain.len());
+/// The pages of a chain of epochs, newest first: every stored page of the newest
+/// epoch's mappings where the latest epoch that holds it put it, read from the
+/// mapped epoch files in place (no fold written). Runs are coalesced where
+/// consecutive pages sit back to back in one file.
+#[derive(Debug)]
+pub struct ChainPages {
+    files: Vec<ImagePages>,
+    runs: Vec<PageRun>,
+    /// The file of each run.
+    run_file: Vec<usize>,
+}
+
+impl PageSource for ChainPages {
+    fn runs(&self) -> &[PageRun] {
+        &self.runs
+    }
+
+    fn bytes(&self, i: usize) -> &[u8] {
+        let r = &self.runs[i];
+        let len = (r.npages * PAGE) as usize;
+        self.files[self.run_file[i]]
+            .file_bytes()
+            .get(r.offset..r.offset + len)
+            .unwrap_or_default()
+    }
+
+    fn populate(&self) {
+        for f in &self.files {
+            f.populate();
+        }
+    }
+}
+
+/// Reads and verifies every epoch of `chain` (oldest first, a full epoch then
+/// deltas) and returns the newest epoch as a full one with the chain's pages.
+pub fn open(chain: &[EpochFile]) -> Result<(Epoch, ChainPages), ImageError> {
+    let mut files = Vec::with_capacity(chain.len());
     let mut pages: std::collections::BTreeMap<u64, Src> = Default::default();
     let mut newest = None;
     for (i, f) in chain.iter().enumerate() {
@@ -132,46 +165,44 @@ pub fn fold(chain: &[EpochFile], out: &mut ImageOut) -> Result<u64, ImageError> 
             path: path.clone(),
             source: e,
         })?;
-        let s = image::read_image_any(&file, &path)?;
-        if s.epoch != f.epoch || s.full != f.full {
+        let d = image::read_image_any(&file, &path)?;
+        if d.epoch.number != f.epoch || d.epoch.full != f.full {
             return Err(ImageError::Content {
                 path,
                 detail: format!(
                     "holds epoch {} ({}), its name says {} ({})",
-                    s.epoch,
-                    if s.full { "full" } else { "delta" },
+                    d.epoch.number,
+                    if d.epoch.full { "full" } else { "delta" },
                     f.epoch,
                     if f.full { "full" } else { "delta" }
                 ),
             });
         }
-        for &(addr, off, len) in &s.plan.runs {
-            for k in 0..(len / 4096) {
+        for r in d.pages.runs() {
+            for k in 0..r.npages {
                 pages.insert(
-                    addr + (k * 4096) as u64,
+                    r.start + k * PAGE,
                     Src::Raw {
                         file: i,
-                        offset: off as usize + k * 4096,
+                        offset: r.offset + (k * PAGE) as usize,
                     },
                 );
             }
         }
-        for &(addr, len) in &s.zero_runs {
-            for k in 0..(len / 4096) {
-                pages.insert(addr + (k * 4096) as u64, Src::Zero);
+        for &(start, end) in &d.epoch.zeros {
+            for a in (start..end).step_by(PAGE as usize) {
+                pages.insert(a, Src::Zero);
             }
         }
-        maps.push(Mapped::new(&file, &path)?);
-        newest = Some(s);
+        files.push(d.pages);
+        newest = Some(d.epoch);
     }
-    let newest = newest.ok_or_else(|| ImageError::Content {
+    let mut epoch = newest.ok_or_else(|| ImageError::Content {
         path: "chain".into(),
         detail: "is empty".into(),
     })?;
-    let last = maps.len() - 1;
     // Pages inside the newest epoch's stored mappings, in address order.
-    let stored: Vec<(u64, u64)> = newest
-        .plan
+    let stored: Vec<(u64, u64)> = epoch
         .vmas
         .iter()
         .filter(|v| crate::capture::stores_pages(v) && !v.reservation)
@@ -181,43 +212,51 @@ pub fn fold(chain: &[EpochFile], out: &mut ImageOut) -> Result<u64, ImageError> 
         let i = stored.partition_point(|&(_, e)| e <= a);
         stored.get(i).is_some_and(|&(s, _)| s <= a)
     };
-    let mut addrs = Vec::new();
-    let mut srcs = Vec::new();
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut run_file: Vec<usize> = Vec::new();
     for (&a, &src) in &pages {
-        if let Src::Raw { file, offset } = src {
-            if inside(a) {
-                addrs.push(a);
-                srcs.push((file, offset));
+        let Src::Raw { file, offset } = src else {
+            continue;
+        };
+        if !inside(a) {
+            continue;
+        }
+        match (runs.last_mut(), run_file.last()) {
+            (Some(r), Some(&f))
+                if f == file
+                    && r.start + r.npages * PAGE == a
+                    && r.offset + (r.npages * PAGE) as usize == offset =>
+            {
+                r.npages += 1
+            }
+            _ => {
+                runs.push(PageRun {
+                    start: a,
+                    npages: 1,
+                    offset,
+                });
+                run_file.push(file);
             }
         }
     }
-    let bytes: Vec<&[u8]> = maps.iter().map(|m| m.bytes()).collect();
-    let source = ChainPages {
-        bytes: &bytes,
-        srcs: &srcs,
-    };
-    let newest_path = chain[last].path.display().to_string();
-    image::write_folded(
-        out,
-        &newest_path,
-        bytes[last],
-        &addrs,
-        &source,
-        newest.epoch,
-    )?;
-    Ok(newest.epoch)
+    epoch.full = true;
+    epoch.zeros.clear();
+    Ok((
+        epoch,
+        ChainPages {
+            files,
+            runs,
+            run_file,
+        },
+    ))
 }
 
-struct ChainPages<'a> {
-    bytes: &'a [&'a [u8]],
-    srcs: &'a [(usize, usize)],
-}
-
-impl cf::PageSource for ChainPages<'_> {
-    fn page(&self, index: usize, _addr: u64) -> &[u8] {
-        let (f, off) = self.srcs[index];
-        &self.bytes[f][off..off + 4096]
-    }
+/// Folds `chain` (verified epoch by epoch) into a full image written to `out`.
+/// Returns the epoch number of the result.
+pub fn fold(chain: &[EpochFile], out: &mut ImageOut) -> Result<u64, ImageError> {
+    let (epoch, pages) = open(chain)?;
+    out.write_epoch(&epoch, Some(&pages), &mut |_, _| {})?;
+    Ok(epoch.number)
 }
 
 /// `--keep`: folds the chain up to epoch `upto` into a new full epoch `upto`, then

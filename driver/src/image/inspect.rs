@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use crate::capture::fds::FdKind;
 use crate::capture::{VmaKind, PROT_R, PROT_W, PROT_X};
-use crate::image::ImageSummary;
+use crate::image::Decoded;
 
 fn size(bytes: u64) -> String {
     const K: u64 = 1024;
@@ -28,7 +28,7 @@ fn prot(p: u8) -> String {
     )
 }
 
-fn kind(v: &crate::capture::VmaCapture) -> String {
+fn kind(v: &crate::capture::Vma) -> String {
     let base = match &v.kind {
         VmaKind::Anonymous if v.reservation => "reservation".to_string(),
         VmaKind::Anonymous => "anonymous".to_string(),
@@ -102,22 +102,24 @@ fn fd_kind(k: &FdKind) -> String {
 }
 
 /// Renders the summary as text.
-pub fn render(s: &ImageSummary, verbose: bool) -> String {
+pub fn render(d: &Decoded, verbose: bool) -> String {
     let mut o = String::new();
-    let p = &s.plan;
+    let e = &d.epoch;
+    let p = &e.process;
+    let st = &d.stats;
     let _ = writeln!(
         o,
         "image: {} bytes, epoch {}, all checksums verified",
-        s.bytes, s.epoch
+        st.bytes, e.number
     );
     let _ = writeln!(
         o,
         "process: pid {} ({}), exe {}, cwd {}, kernel {}",
         p.pid,
-        String::from_utf8_lossy(&s.comm),
-        String::from_utf8_lossy(&s.exe),
+        String::from_utf8_lossy(&p.comm),
+        String::from_utf8_lossy(&p.exe),
         String::from_utf8_lossy(&p.cwd),
-        String::from_utf8_lossy(&s.kernel_release)
+        String::from_utf8_lossy(&p.kernel_release)
     );
     let _ = writeln!(o, "cpu: XSAVE {} bytes, XCR0 {:#x}", p.xsave_size, p.xcr0);
     let _ = writeln!(
@@ -126,22 +128,24 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
         p.monotonic_ns as f64 / 1e9,
         p.boottime_ns as f64 / 1e9
     );
-    let _ = writeln!(o, "threads: {}", s.threads.len());
-    for (tid, comm, regs, restart) in &s.threads {
+    let _ = writeln!(o, "threads: {}", e.threads.len());
+    for t in &e.threads {
         let _ = writeln!(
             o,
-            "  tid {tid:>7} {:<16} rip {:#014x} rsp {:#014x} syscall-restart {restart:?}",
-            String::from_utf8_lossy(comm),
-            regs.rip,
-            regs.rsp
+            "  tid {:>7} {:<16} rip {:#014x} rsp {:#014x} syscall-restart {:?}",
+            t.tid,
+            String::from_utf8_lossy(&t.comm),
+            t.regs.rip,
+            t.regs.rsp,
+            t.restart
         );
     }
     // Credentials: one line per distinct set (Go keeps them alike in every thread).
     let mut sets: Vec<(&crate::capture::creds::ThreadCreds, Vec<i32>)> = Vec::new();
-    for (tid, c) in &p.creds {
-        match sets.iter_mut().find(|(k, _)| *k == c) {
-            Some((_, tids)) => tids.push(*tid),
-            None => sets.push((c, vec![*tid])),
+    for t in &e.threads {
+        match sets.iter_mut().find(|(k, _)| **k == t.creds) {
+            Some((_, tids)) => tids.push(t.tid),
+            None => sets.push((&t.creds, vec![t.tid])),
         }
     }
     for (c, tids) in &sets {
@@ -167,8 +171,8 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
             c.dumpable
         );
     }
-    let _ = writeln!(o, "mapped files: {}", p.files.len());
-    for f in &p.files {
+    let _ = writeln!(o, "mapped files: {}", e.files.len());
+    for f in &e.files {
         let _ = writeln!(
             o,
             "  {} dev {:#x} inode {} {} B mtime {}.{:09}{}",
@@ -190,8 +194,8 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
             }
         );
     }
-    let mapped: u64 = p.vmas.iter().map(|v| v.end - v.start).sum();
-    let reserved: u64 = p
+    let mapped: u64 = e.vmas.iter().map(|v| v.end - v.start).sum();
+    let reserved: u64 = e
         .vmas
         .iter()
         .filter(|v| v.reservation)
@@ -200,12 +204,12 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
     let _ = writeln!(
         o,
         "vmas: {} ({} mapped, of which {} PROT_NONE reservations)",
-        p.vmas.len(),
+        e.vmas.len(),
         size(mapped),
         size(reserved)
     );
     if verbose {
-        for v in &p.vmas {
+        for v in &e.vmas {
             let _ = writeln!(
                 o,
                 "  {:#014x}-{:#014x} {} {:>10} {}",
@@ -220,13 +224,13 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
     let _ = writeln!(
         o,
         "pages: {} stored ({}), {} zero (not stored), in {} page-run frames",
-        s.pages_stored,
-        size(s.pages_stored * 4096),
-        s.pages_zero,
-        s.page_frames
+        st.pages_stored,
+        size(st.pages_stored * 4096),
+        st.pages_zero,
+        st.page_frames
     );
-    let _ = writeln!(o, "fds: {}", p.fds.len());
-    for f in &p.fds {
+    let _ = writeln!(o, "fds: {}", e.fds.len());
+    for f in &e.fds {
         let _ = writeln!(
             o,
             "  fd {:>4}{} {}",
@@ -235,14 +239,14 @@ pub fn render(s: &ImageSummary, verbose: bool) -> String {
             fd_kind(&f.kind)
         );
     }
-    let handled: Vec<String> = s
+    let handled: Vec<String> = e
         .sigactions
         .iter()
         .enumerate()
         .filter(|(_, a)| a.handler > 1)
         .map(|(i, _)| (i + 1).to_string())
         .collect();
-    let ignored: Vec<String> = s
+    let ignored: Vec<String> = e
         .sigactions
         .iter()
         .enumerate()

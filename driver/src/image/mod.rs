@@ -24,10 +24,13 @@ use crate::capture::creds::ThreadCreds;
 use crate::capture::fds::{FdCapture, FdKind, SockFamily};
 use crate::capture::identity::FileIdentity;
 use crate::capture::inject::Restart;
-use crate::capture::{Capture, Rlimit, SigAction, VmaCapture, VmaKind, PROT_R, PROT_W, PROT_X};
-use crate::linux::procfs::{EpollEntry, MmLayout};
+use crate::capture::Capture;
+use crate::linux::procfs::EpollEntry;
 use crate::linux::sys::UserRegs;
-use crate::restore::RestorePlan;
+use crate::model::{
+    Epoch, MmLayout, PageRun, PageSource, Process, Rlimit, SigAction, Thread, Vma, VmaKind, PAGE,
+    PROT_R, PROT_W, PROT_X,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -61,7 +64,7 @@ fn prot_of(p: u8) -> cf::Prot {
     cf::Prot::from_bits(p).unwrap_or(cf::Prot::NONE)
 }
 
-fn vma_record<'a>(v: &'a VmaCapture) -> cf::Vma<'a> {
+fn vma_record<'a>(v: &'a Vma) -> cf::Vma<'a> {
     let mut flags = cf::VmaFlags::EMPTY;
     if v.shared {
         flags = flags | cf::VmaFlags::SHARED;
@@ -247,7 +250,17 @@ impl ImageOut {
         c: &Capture,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WriteStats, ImageError> {
-        self.write_with(|w| encode_with(c, w, progress))
+        self.write_epoch(&c.epoch, Some(&c.pages), progress)
+    }
+
+    /// Encodes an epoch with its pages into the temporary file and fsyncs it.
+    pub fn write_epoch(
+        &mut self,
+        e: &Epoch,
+        pages: Option<&dyn PageSource>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<WriteStats, ImageError> {
+        self.write_with(|w| encode_epoch(e, pages, w, progress))
     }
 
     /// Writes the frames `f` produces into the temporary file, then fsyncs it.
@@ -447,14 +460,20 @@ pub fn open_image(path: &Path) -> Result<File, ImageError> {
 
 /// Encodes a capture as frames into `w`.
 pub fn encode<W: Write>(c: &Capture, w: &mut W) -> Result<WriteStats, ImageError> {
-    encode_with(c, w, &mut |_, _| {})
+    encode_epoch(&c.epoch, Some(&c.pages), w, &mut |_, _| {})
 }
 
-fn encode_with<W: Write + ?Sized>(
-    c: &Capture,
+/// Encodes `e` as frames into `w`: its metadata, then (with `pages`) its page runs
+/// and zero runs, then the commit. Without `pages` the result is the metadata the
+/// restore stub reads (it never reads page runs: the driver fills the pages).
+pub fn encode_epoch<W: Write + ?Sized>(
+    e: &Epoch,
+    pages: Option<&dyn PageSource>,
     w: &mut W,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<WriteStats, ImageError> {
+    let c = e;
+    let p = &e.process;
     let mut stats = WriteStats::default();
     let mut digest = cf::EpochDigest::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -478,7 +497,7 @@ fn encode_with<W: Write + ?Sized>(
     let wall = c.wall_ns;
     put(
         cf::Record::EpochBegin(cf::EpochBegin {
-            epoch: c.epoch,
+            epoch: c.number,
             kind: if c.full {
                 cf::EpochKind::Full
             } else {
@@ -491,24 +510,24 @@ fn encode_with<W: Write + ?Sized>(
         &mut stats,
     )?;
     let mut rl: heapless::Vec<cf::Rlimit, 16> = heapless::Vec::new();
-    for r in c.rlimits.iter().take(16) {
+    for r in p.rlimits.iter().take(16) {
         let _ = rl.push(cf::Rlimit {
             resource: r.resource,
             soft: r.soft,
             hard: r.hard,
         });
     }
-    let m = &c.mm;
+    let m = &p.mm;
     let info = cf::ProcessInfo {
-        pid: c.pid as u32,
+        pid: p.pid as u32,
         arch: cf::Arch::X86_64,
         page_size: 4096,
-        xsave_size_bytes: c.xsave_size,
-        xcr0: c.xcr0,
+        xsave_size_bytes: p.xsave_size,
+        xcr0: p.xcr0,
         thread_count: c.threads.len() as u32,
-        umask: c.umask,
-        clock_monotonic_ns: c.monotonic_ns,
-        clock_boottime_ns: c.boottime_ns,
+        umask: p.umask,
+        clock_monotonic_ns: p.monotonic_ns,
+        clock_boottime_ns: p.boottime_ns,
         mm: cf::MmLayout {
             start_code: m.start_code,
             end_code: m.end_code,
@@ -523,11 +542,11 @@ fn encode_with<W: Write + ?Sized>(
             env_end: m.env_end,
         },
         rlimits: rl,
-        auxv: &c.auxv[..c.auxv.len().min(1024)],
-        exe_path: &c.exe,
-        cwd_path: &c.cwd,
-        comm: &c.comm[..c.comm.len().min(16)],
-        kernel_release: &c.kernel_release[..c.kernel_release.len().min(64)],
+        auxv: &p.auxv[..p.auxv.len().min(1024)],
+        exe_path: &p.exe,
+        cwd_path: &p.cwd,
+        comm: &p.comm[..p.comm.len().min(16)],
+        kernel_release: &p.kernel_release[..p.kernel_release.len().min(64)],
         go_version: b"",
     };
     put(cf::Record::ProcessInfo(info), w, &mut digest, &mut stats)?;
@@ -672,164 +691,91 @@ fn encode_with<W: Write + ?Sized>(
                 size: t.altstack.2,
             },
             restart,
-            stopped: c.stopped,
+            stopped: p.stopped,
         };
         put(cf::Record::ThreadState(ts), w, &mut digest, &mut stats)?;
     }
     put_identity(c, &mut put, w, &mut digest, &mut stats)?;
-    // Pages: addresses in order; each span says where its bytes sit in the
-    // staging buffer (the pre-copy leaves them out of address order).
-    let mut addrs = Vec::with_capacity(c.npages() as usize);
-    let mut offsets = Vec::with_capacity(c.npages() as usize);
-    for s in &c.spans {
-        for i in 0..s.npages {
-            addrs.push(s.start + i * 4096);
-            offsets.push(s.offset + (i * 4096) as usize);
-        }
-    }
-    // A delta's released pages: zero runs, merged into address order.
-    if !c.zeros.is_empty() {
-        let mut all: Vec<(u64, usize)> = addrs.iter().copied().zip(offsets).collect();
-        for &(start, end) in &c.zeros {
-            all.extend((start..end).step_by(4096).map(|a| (a, ZERO_PAGE)));
-        }
-        all.sort_unstable_by_key(|p| p.0);
-        all.dedup_by_key(|p| p.0);
-        addrs = all.iter().map(|p| p.0).collect();
-        offsets = all.iter().map(|p| p.1).collect();
-    }
-    let src = SpannedPages {
-        data: &c.staging,
-        offsets: &offsets,
+    // Pages in address order: stored runs and zero runs merged.
+    let (addrs, src) = match pages {
+        Some(pages) => page_table(pages, &c.zeros),
+        None => (Vec::new(), PageTable::default()),
     };
+    let src = TablePages { pages, table: &src };
     let mut enc = cf::PageRunEncoder::new(&addrs).map_err(ImageError::Encode)?;
-    let mut out = vec![0u8; 8 << 20];
+    let mut out = vec![0u8; if addrs.is_empty() { 0 } else { 8 << 20 }];
     while !enc.is_done() {
-        let p = enc
+        let r = enc
             .encode_into_digest(&src, &mut out, &mut digest)
             .map_err(ImageError::Encode)?;
-        w.write_all(&out[..p.bytes_written])
+        w.write_all(&out[..r.bytes_written])
             .map_err(|e| ImageError::Io {
                 path: "image".into(),
                 source: e,
             })?;
-        stats.bytes += p.bytes_written as u64;
-        stats.page_frames += p.frames;
-        stats.pages += u64::from(p.pages);
-        stats.zero_pages += u64::from(p.zero_pages);
+        stats.bytes += r.bytes_written as u64;
+        stats.page_frames += r.frames;
+        stats.pages += u64::from(r.pages);
+        stats.zero_pages += u64::from(r.zero_pages);
         progress(stats.pages, addrs.len() as u64);
     }
-    let commit = digest.commit(c.epoch);
+    let commit = digest.commit(c.number);
     put(cf::Record::EpochCommit(commit), w, &mut digest, &mut stats)?;
     Ok(stats)
 }
 
-/// Writes a full epoch made of `newest`'s frames (an epoch file's bytes, already
-/// verified) with its page runs replaced by `addrs` from `pages`: the fold of a
-/// chain ([`crate::image::chain`]). Every non-page frame is copied as it is; the
-/// EpochBegin says Full; the commit is computed anew.
-pub fn write_folded(
-    out: &mut ImageOut,
-    newest_path: &str,
-    newest: &[u8],
-    addrs: &[u64],
-    pages: &dyn cf::PageSource,
-    epoch: u64,
-) -> Result<WriteStats, ImageError> {
-    let out_path = out.temp_path().display().to_string();
-    out.write_with(|w| {
-        let bad = |offset: usize, source| ImageError::Frame {
-            path: newest_path.into(),
-            offset: offset as u64,
-            source,
-        };
-        let mut stats = WriteStats::default();
-        let mut digest = cf::EpochDigest::new();
-        let folded = out_path.clone();
-        let io = |e| ImageError::Io {
-            path: folded.clone(),
-            source: e,
-        };
-        let mut off = 0usize;
-        while off < newest.len() {
-            let view = cf::FrameHeaderView::new_checked(&newest[off..]).map_err(|e| bad(off, e))?;
-            let header = cf::FrameHeader::parse(&view).map_err(|e| bad(off, e))?;
-            let len = header.frame_len();
-            let frame = newest.get(off..off + len).ok_or(bad(
-                off,
-                cf::Error::Truncated {
-                    needed: len as u64,
-                    available: (newest.len() - off) as u64,
-                },
-            ))?;
-            match header.kind {
-                cf::FrameKind::EpochBegin => {
-                    let b =
-                        cf::EpochBegin::parse(&frame[cf::HEADER_LEN..]).map_err(|e| bad(off, e))?;
-                    let rec = cf::Record::EpochBegin(cf::EpochBegin {
-                        kind: cf::EpochKind::Full,
-                        ..b
-                    });
-                    let mut buf = vec![0u8; rec.buffer_len()];
-                    let n = rec.emit_frame(&mut buf).map_err(ImageError::Encode)?;
-                    let mut h = [0u8; cf::HEADER_LEN];
-                    h.copy_from_slice(&buf[..cf::HEADER_LEN]);
-                    digest.update(&h);
-                    w.write_all(&buf[..n]).map_err(io)?;
-                    stats.bytes += n as u64;
-                }
-                cf::FrameKind::PageRun => {}
-                cf::FrameKind::EpochCommit => break,
-                _ => {
-                    let mut h = [0u8; cf::HEADER_LEN];
-                    h.copy_from_slice(&frame[..cf::HEADER_LEN]);
-                    digest.update(&h);
-                    w.write_all(frame).map_err(io)?;
-                    stats.bytes += len as u64;
-                }
-            }
-            off += len;
-        }
-        let mut enc = cf::PageRunEncoder::new(addrs).map_err(ImageError::Encode)?;
-        let mut buf = vec![0u8; 8 << 20];
-        while !enc.is_done() {
-            let p = enc
-                .encode_into_digest(pages, &mut buf, &mut digest)
-                .map_err(ImageError::Encode)?;
-            w.write_all(&buf[..p.bytes_written]).map_err(io)?;
-            stats.bytes += p.bytes_written as u64;
-            stats.page_frames += p.frames;
-            stats.pages += u64::from(p.pages);
-            stats.zero_pages += u64::from(p.zero_pages);
-        }
-        let commit = cf::Record::EpochCommit(digest.commit(epoch));
-        let mut cbuf = vec![0u8; commit.buffer_len()];
-        let n = commit.emit_frame(&mut cbuf).map_err(ImageError::Encode)?;
-        w.write_all(&cbuf[..n]).map_err(io)?;
-        stats.bytes += n as u64;
-        Ok(stats)
-    })
+/// Per page, in address order: (run index, byte offset in the run), or
+/// [`ZERO_PAGE`] for a page of a zero range.
+#[derive(Default)]
+struct PageTable {
+    at: Vec<(usize, usize)>,
 }
 
-/// Staged pages found through a per-page offset table.
-struct SpannedPages<'a> {
-    data: &'a [u8],
-    offsets: &'a [usize],
+/// The addresses of every stored and zero page of an epoch, in order, and where
+/// each page's bytes are. A page in both (cannot happen in a capture) is stored.
+fn page_table(pages: &dyn PageSource, zeros: &[(u64, u64)]) -> (Vec<u64>, PageTable) {
+    let runs = pages.runs();
+    let mut all: Vec<(u64, (usize, usize))> = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        for k in 0..r.npages {
+            all.push((r.start + k * PAGE, (i, (k * PAGE) as usize)));
+        }
+    }
+    if !zeros.is_empty() {
+        for &(start, end) in zeros {
+            all.extend((start..end).step_by(PAGE as usize).map(|a| (a, (ZERO_PAGE, 0))));
+        }
+        // Stable: a stored page sorts before a zero page at the same address.
+        all.sort_by_key(|p| p.0);
+        all.dedup_by_key(|p| p.0);
+    }
+    let addrs = all.iter().map(|p| p.0).collect();
+    let at = all.into_iter().map(|p| p.1).collect();
+    (addrs, PageTable { at })
+}
+
+/// A [`PageSource`] seen page by page, for core-format's run encoder.
+struct TablePages<'a> {
+    pages: Option<&'a dyn PageSource>,
+    table: &'a PageTable,
+}
+
+impl cf::PageSource for TablePages<'_> {
+    fn page(&self, index: usize, _addr: u64) -> &[u8] {
+        match (self.table.at.get(index), self.pages) {
+            (Some(&(ZERO_PAGE, _)), _) => &ZEROS,
+            (Some(&(run, off)), Some(p)) => p
+                .bytes(run)
+                .get(off..off + PAGE as usize)
+                .unwrap_or_default(),
+            _ => &[],
+        }
+    }
 }
 
 /// The offset that stands for a page of zeros (a released page in a delta).
 const ZERO_PAGE: usize = usize::MAX;
 static ZEROS: [u8; 4096] = [0; 4096];
-
-impl cf::PageSource for SpannedPages<'_> {
-    fn page(&self, index: usize, _addr: u64) -> &[u8] {
-        match self.offsets.get(index) {
-            Some(&ZERO_PAGE) => &ZEROS,
-            Some(&o) => self.data.get(o..o.saturating_add(4096)).unwrap_or_default(),
-            None => &[],
-        }
-    }
-}
 
 /// A read-only mapping of an image file.
 pub struct Mapped {
@@ -901,47 +847,81 @@ impl Drop for Mapped {
     }
 }
 
-/// What `inspect` and `restore` learn from a verified image.
-#[derive(Debug, Clone)]
-pub struct ImageSummary {
-    pub plan: RestorePlan,
-    pub exe: Vec<u8>,
-    pub comm: Vec<u8>,
-    pub kernel_release: Vec<u8>,
-    pub threads: Vec<(i32, Vec<u8>, UserRegs, Restart)>,
-    pub sigactions: Vec<SigAction>,
-    pub mm: MmLayout,
+// SAFETY: the mapping is read-only and owned by this value; `bytes` hands out
+// shared slices only.
+unsafe impl Send for Mapped {}
+// SAFETY: as above: nothing writes through the mapping.
+unsafe impl Sync for Mapped {}
+
+/// A verified epoch file: the epoch, its page runs in the mapped file, and sizes.
+#[derive(Debug)]
+pub struct Decoded {
+    pub epoch: Epoch,
+    pub pages: ImagePages,
+    pub stats: ImageStats,
+}
+
+/// Frame and page counts of a verified image.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImageStats {
     pub page_frames: u64,
     pub pages_stored: u64,
     pub pages_zero: u64,
     pub bytes: u64,
-    pub epoch: u64,
-    /// A full epoch (restorable on its own), or a delta of a chain.
-    pub full: bool,
-    /// Wall-clock time of the epoch's freeze, ns since the Unix epoch.
-    pub wall_ns: u64,
-    /// Zero runs (address, bytes): in a delta, pages the program released.
-    pub zero_runs: Vec<(u64, usize)>,
+}
+
+/// The stored pages of a mapped image file (`offset` = file offset of a run's
+/// data).
+#[derive(Debug)]
+pub struct ImagePages {
+    map: Mapped,
+    runs: Vec<PageRun>,
+}
+
+impl ImagePages {
+    /// The whole file's bytes.
+    pub fn file_bytes(&self) -> &[u8] {
+        self.map.bytes()
+    }
+}
+
+impl PageSource for ImagePages {
+    fn runs(&self) -> &[PageRun] {
+        &self.runs
+    }
+
+    fn bytes(&self, i: usize) -> &[u8] {
+        let r = &self.runs[i];
+        let len = (r.npages * PAGE) as usize;
+        self.map
+            .bytes()
+            .get(r.offset..r.offset + len)
+            .unwrap_or_default()
+    }
+
+    fn populate(&self) {
+        self.map.populate();
+    }
 }
 
 /// Reads and fully verifies an image file: one full epoch. A delta epoch is
 /// refused (it restores only as part of its folder's chain).
-pub fn read_image(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
-    let s = read_image_any(file, path)?;
-    if !s.full {
+pub fn read_image(file: &File, path: &str) -> Result<Decoded, ImageError> {
+    let d = read_image_any(file, path)?;
+    if !d.epoch.full {
         return Err(ImageError::Content {
             path: path.into(),
             detail: format!(
                 "is delta epoch {}: it restores only with the rest of its chain (restore the folder that holds it)",
-                s.epoch
+                d.epoch.number
             ),
         });
     }
-    Ok(s)
+    Ok(d)
 }
 
 /// Reads and fully verifies one epoch file, full or delta.
-pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageError> {
+pub fn read_image_any(file: &File, path: &str) -> Result<Decoded, ImageError> {
     let map = Mapped::new(file, path)?;
     let bytes = map.bytes();
     let frame_err = |offset: usize, source: cf::Error| ImageError::Frame {
@@ -950,43 +930,16 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
         source,
     };
     let mut validator = cf::CheckpointValidator::new(vec![cf::VmaRange::default(); 1 << 16]);
-    let mut plan = RestorePlan {
-        pid: 0,
-        tids: Vec::new(),
-        xsave_size: 0,
-        xcr0: 0,
-        monotonic_ns: 0,
-        boottime_ns: 0,
-        cwd: Vec::new(),
-        umask: 0,
-        rlimits: Vec::new(),
-        vmas: Vec::new(),
-        fds: Vec::new(),
-        exe: Vec::new(),
-        mm: MmLayout::default(),
-        auxv: Vec::new(),
-        runs: Vec::new(),
-        files: Vec::new(),
-        creds: Vec::new(),
-        stopped: false,
-    };
-    let mut s = ImageSummary {
-        plan: plan.clone(),
-        exe: Vec::new(),
-        comm: Vec::new(),
-        kernel_release: Vec::new(),
-        threads: Vec::new(),
-        sigactions: Vec::new(),
-        mm: MmLayout::default(),
-        page_frames: 0,
-        pages_stored: 0,
-        pages_zero: 0,
-        bytes: bytes.len() as u64,
-        epoch: 0,
+    let mut e = Epoch {
         full: true,
-        wall_ns: 0,
-        zero_runs: Vec::new(),
+        ..Epoch::default()
     };
+    let mut stats = ImageStats {
+        bytes: bytes.len() as u64,
+        ..ImageStats::default()
+    };
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut creds: Vec<(i32, ThreadCreds)> = Vec::new();
     let mut off = 0usize;
     let mut committed = false;
     // Page-run payloads (nearly all of the bytes): checked in parallel after the walk.
@@ -1004,8 +957,7 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
         let (frame, len) = parse_deferring_runs(&bytes[off..], off, &mut deferred)
             .map_err(|e| frame_err(off, e))?;
         validator.push(&frame).map_err(|e| frame_err(off, e))?;
-        // The stub stops reading at the first page run once the driver fills the
-        // pages: only page runs and the commit may follow it.
+        // Only page runs and the commit may follow the first page run.
         if !deferred.is_empty()
             && !matches!(
                 frame.record,
@@ -1022,64 +974,55 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
         }
         match &frame.record {
             cf::Record::ProcessInfo(p) => {
-                plan.pid = p.pid as i32;
-                plan.xsave_size = p.xsave_size_bytes;
-                plan.xcr0 = p.xcr0;
-                plan.monotonic_ns = p.clock_monotonic_ns;
-                plan.boottime_ns = p.clock_boottime_ns;
-                plan.cwd = p.cwd_path.to_vec();
-                plan.umask = p.umask;
-                plan.exe = p.exe_path.to_vec();
-                plan.auxv = p.auxv.to_vec();
-                plan.rlimits = p
-                    .rlimits
-                    .iter()
-                    .map(|r| Rlimit {
-                        resource: r.resource,
-                        soft: r.soft,
-                        hard: r.hard,
-                    })
-                    .collect();
-                s.exe = p.exe_path.to_vec();
-                s.comm = p.comm.to_vec();
-                s.kernel_release = p.kernel_release.to_vec();
                 let m = &p.mm;
-                s.mm = MmLayout {
-                    start_code: m.start_code,
-                    end_code: m.end_code,
-                    start_data: m.start_data,
-                    end_data: m.end_data,
-                    start_brk: m.start_brk,
-                    brk: m.brk,
-                    start_stack: m.start_stack,
-                    arg_start: m.arg_start,
-                    arg_end: m.arg_end,
-                    env_start: m.env_start,
-                    env_end: m.env_end,
+                e.process = Process {
+                    pid: p.pid as i32,
+                    exe: p.exe_path.to_vec(),
+                    cwd: p.cwd_path.to_vec(),
+                    comm: p.comm.to_vec(),
+                    umask: p.umask,
+                    rlimits: p
+                        .rlimits
+                        .iter()
+                        .map(|r| Rlimit {
+                            resource: r.resource,
+                            soft: r.soft,
+                            hard: r.hard,
+                        })
+                        .collect(),
+                    auxv: p.auxv.to_vec(),
+                    mm: MmLayout {
+                        start_code: m.start_code,
+                        end_code: m.end_code,
+                        start_data: m.start_data,
+                        end_data: m.end_data,
+                        start_brk: m.start_brk,
+                        brk: m.brk,
+                        start_stack: m.start_stack,
+                        arg_start: m.arg_start,
+                        arg_end: m.arg_end,
+                        env_start: m.env_start,
+                        env_end: m.env_end,
+                    },
+                    xsave_size: p.xsave_size_bytes,
+                    xcr0: p.xcr0,
+                    monotonic_ns: p.clock_monotonic_ns,
+                    boottime_ns: p.clock_boottime_ns,
+                    kernel_release: p.kernel_release.to_vec(),
+                    stopped: false,
                 };
             }
             cf::Record::VmaTable(t) => {
                 for v in t.vmas.iter() {
-                    plan.vmas.push(vma_from(&v));
+                    e.vmas.push(vma_from(&v));
                 }
             }
             cf::Record::ThreadState(t) => {
-                plan.tids.push(t.tid as i32);
-                plan.stopped |= t.stopped;
-                let restart = match t.restart {
-                    cf::Restart::None => Restart::None,
-                    cf::Restart::Restart => Restart::Restart,
-                    cf::Restart::Eintr => Restart::Eintr,
-                };
-                s.threads.push((
-                    t.tid as i32,
-                    t.comm.to_vec(),
-                    UserRegs::from_words(&t.regs),
-                    restart,
-                ));
+                e.process.stopped |= t.stopped;
+                e.threads.push(thread_from(t));
             }
             cf::Record::SignalTable(t) => {
-                s.sigactions = t
+                e.sigactions = t
                     .iter()
                     .map(|(_, a)| SigAction {
                         handler: a.handler,
@@ -1091,21 +1034,28 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
             }
             cf::Record::FdTable(t) => {
                 for f in t.fds.iter() {
-                    plan.fds.push(fd_from(&f));
+                    e.fds.push(fd_from(&f));
                 }
             }
             cf::Record::PageRun(r) => {
-                s.page_frames += 1;
+                stats.page_frames += 1;
                 match r.encoding {
                     cf::PageEncoding::Zero => {
-                        s.pages_zero += u64::from(r.npages);
-                        s.zero_runs.push((r.start, r.len_bytes()));
+                        stats.pages_zero += u64::from(r.npages);
+                        let end = r.start + u64::from(r.npages) * PAGE;
+                        match e.zeros.last_mut() {
+                            Some(z) if z.1 == r.start => z.1 = end,
+                            _ => e.zeros.push((r.start, end)),
+                        }
                     }
                     cf::PageEncoding::Raw => {
-                        s.pages_stored += u64::from(r.npages);
+                        stats.pages_stored += u64::from(r.npages);
                         // Raw data sits at the start of the payload (trailer layout).
-                        plan.runs
-                            .push((r.start, (off + cf::HEADER_LEN) as u64, r.len_bytes()));
+                        runs.push(PageRun {
+                            start: r.start,
+                            npages: u64::from(r.npages),
+                            offset: off + cf::HEADER_LEN,
+                        });
                     }
                     cf::PageEncoding::Lz4 => {
                         return Err(frame_err(
@@ -1116,13 +1066,13 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
                 }
             }
             cf::Record::EpochBegin(b) => {
-                s.epoch = b.epoch;
-                s.full = b.kind == cf::EpochKind::Full;
-                s.wall_ns = b.wall_time_ns;
+                e.number = b.epoch;
+                e.full = b.kind == cf::EpochKind::Full;
+                e.wall_ns = b.wall_time_ns;
             }
             cf::Record::EpochCommit(_) => committed = true,
-            cf::Record::MappedFiles(t) => plan.files = files_from(t),
-            cf::Record::Credentials(c) => plan.creds.push((c.tid as i32, creds_from(c))),
+            cf::Record::MappedFiles(t) => e.files = files_from(t),
+            cf::Record::Credentials(c) => creds.push((c.tid as i32, creds_from(c))),
             _ => {}
         }
         off += len;
@@ -1135,9 +1085,34 @@ pub fn read_image_any(file: &File, path: &str) -> Result<ImageSummary, ImageErro
         });
     }
     verify_runs(bytes, &deferred).map_err(|(off, e)| frame_err(off, e))?;
-    plan.mm = s.mm;
-    s.plan = plan;
-    Ok(s)
+    for (tid, c) in creds {
+        if let Some(t) = e.threads.iter_mut().find(|t| t.tid == tid) {
+            t.creds = c;
+        }
+    }
+    Ok(Decoded {
+        epoch: e,
+        pages: ImagePages { map, runs },
+        stats,
+    })
+}
+
+fn thread_from(t: &cf::ThreadState<'_>) -> Thread {
+    Thread {
+        host_tid: 0,
+        tid: t.tid as i32,
+        comm: t.comm.to_vec(),
+        regs: UserRegs::from_words(&t.regs),
+        restart: match t.restart {
+            cf::Restart::None => Restart::None,
+            cf::Restart::Restart => Restart::Restart,
+            cf::Restart::Eintr => Restart::Eintr,
+        },
+        xsave: t.xsave.to_vec(),
+        sigmask: t.sigmask,
+        altstack: (t.altstack.sp, t.altstack.flags, t.altstack.size),
+        creds: ThreadCreds::default(),
+    }
 }
 
 /// A page run whose payload checksums are still to be checked.
@@ -1248,7 +1223,7 @@ fn verify_runs(bytes: &[u8], runs: &[DeferredRun]) -> Result<(), (usize, cf::Err
     }
 }
 
-fn vma_from(v: &cf::Vma<'_>) -> VmaCapture {
+fn vma_from(v: &cf::Vma<'_>) -> Vma {
     let kind = match v.kind {
         cf::VmaKind::Anonymous => VmaKind::Anonymous,
         cf::VmaKind::File => VmaKind::File {
@@ -1263,7 +1238,7 @@ fn vma_from(v: &cf::Vma<'_>) -> VmaCapture {
         cf::VmaKind::Vsyscall => VmaKind::Vsyscall,
     };
     let p = v.prot.bits();
-    VmaCapture {
+    Vma {
         start: v.start,
         end: v.end,
         prot: p & (PROT_R | PROT_W | PROT_X),
@@ -1383,14 +1358,14 @@ type PutFrame<'p, W> = dyn FnMut(cf::Record<'_>, &mut W, &mut cf::EpochDigest, &
     + 'p;
 
 fn put_identity<W: Write + ?Sized>(
-    c: &Capture,
+    c: &Epoch,
     put: &mut PutFrame<'_, W>,
     w: &mut W,
     digest: &mut cf::EpochDigest,
     stats: &mut WriteStats,
 ) -> Result<(), ImageError> {
     let files: Vec<cf::MappedFile<'_>> = c
-        .mapped_files
+        .files
         .iter()
         .map(|f| {
             let mut hash = [0u8; cf::HASH_BYTES];

@@ -8,6 +8,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use crate::error::CaptureError;
+use crate::model::MmLayout;
 
 /// One line of `/proc/PID/maps` plus its smaps `VmFlags`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,22 +151,6 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, CaptureError
         });
     }
     Ok(out)
-}
-
-/// Fields of `/proc/PID/stat` that describe the mm layout.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MmLayout {
-    pub start_code: u64,
-    pub end_code: u64,
-    pub start_data: u64,
-    pub end_data: u64,
-    pub start_brk: u64,
-    pub brk: u64,
-    pub start_stack: u64,
-    pub arg_start: u64,
-    pub arg_end: u64,
-    pub env_start: u64,
-    pub env_end: u64,
 }
 
 pub fn read_mm_layout(pid: i32, maps: &[MapEntry]) -> Result<MmLayout, CaptureError> {

@@ -22,6 +22,8 @@ pub struct Staging {
 
 // SAFETY: the mapping is owned exclusively by this value (see the module docs).
 unsafe impl Send for Staging {}
+// SAFETY: shared access only reads (`as_slice`); every mutation takes `&mut self`.
+unsafe impl Sync for Staging {}
 
 const MADV_POPULATE_WRITE: i32 = 23;
 

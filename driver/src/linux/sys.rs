@@ -279,6 +279,13 @@ pub fn waitpid(pid: i32, nohang: bool) -> io::Result<Option<WaitStatus>> {
     }
 }
 
+/// A new anonymous memory file (close-on-exec), through `nix`.
+pub fn memfd(name: &str) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(io::Error::from)
+}
+
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes two integers.
     let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

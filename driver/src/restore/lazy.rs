@@ -26,14 +26,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::capture::{VmaCapture, VmaKind};
-use crate::image::Mapped;
+use crate::model::{PageRun, PageSource, Vma, VmaKind, PAGE};
 use crate::linux::sys;
 use crate::linux::uffd;
 use crate::lock::{ProgramLock, Role};
 use crate::restore::RestoreError;
 
-const PAGE: u64 = 4096;
 /// What one fault brings in: the aligned 64 KiB around it, within its run.
 const FAULT_WINDOW: u64 = 64 << 10;
 /// What the filler copies per call.
@@ -41,7 +39,7 @@ const FILL_CHUNK: u64 = 1 << 20;
 
 /// Whether a mapping's stored pages can be filled lazily: private anonymous
 /// memory (uffd MISSING mode covers anonymous, shmem and hugetlb only).
-fn lazy_kind(v: &VmaCapture) -> bool {
+fn lazy_kind(v: &Vma) -> bool {
     !v.shared
         && !v.droppable
         && !v.growsdown
@@ -60,12 +58,12 @@ pub struct Prepared {
 /// Takes the stub's uffd (`stub_fd` in `pid`) and registers the lazily filled
 /// mappings of `vmas` (adjacent ones in one range: the kernel merged them when the
 /// stub mapped them). A range the kernel refuses is filled eagerly instead.
-pub fn prepare(pid: i32, stub_fd: i32, vmas: &[VmaCapture]) -> std::io::Result<Prepared> {
+pub fn prepare(pid: i32, stub_fd: i32, vmas: &[Vma]) -> std::io::Result<Prepared> {
     let pidfd = sys::pidfd_open(pid)?;
     let fd = sys::pidfd_getfd(pidfd.as_raw_fd(), stub_fd)?;
     uffd::api(fd.as_raw_fd(), 0)?;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
-    let mut sorted: Vec<&VmaCapture> = vmas.iter().filter(|v| lazy_kind(v)).collect();
+    let mut sorted: Vec<&Vma> = vmas.iter().filter(|v| lazy_kind(v)).collect();
     sorted.sort_by_key(|v| v.start);
     for v in sorted {
         match ranges.last_mut() {
@@ -92,27 +90,50 @@ pub fn prepare(pid: i32, stub_fd: i32, vmas: &[VmaCapture]) -> std::io::Result<P
     })
 }
 
-/// A page run of the image: (address, offset of its data in the image, bytes).
-pub type Run = (u64, u64, usize);
+/// A piece of one run of a [`PageSource`]: `len` bytes at `addr`, whose data
+/// starts `skip` bytes into run `run` of the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub addr: u64,
+    pub len: usize,
+    pub run: usize,
+    pub skip: usize,
+}
 
-/// Splits image runs `(addr, image offset, bytes)` into pieces filled now
-/// (outside every registered range) and pieces filled lazily (inside one). A run
-/// may cross a mapping boundary (say a file-backed `.data` followed by an
-/// anonymous `.bss`): it is cut there.
-pub fn split_runs(runs: &[Run], registered: &[(u64, u64)]) -> (Vec<Run>, Vec<Run>) {
+impl Piece {
+    fn end(&self) -> u64 {
+        self.addr + self.len as u64
+    }
+
+    /// The bytes of this piece in `pages`.
+    pub fn data<'a>(&self, pages: &'a dyn PageSource) -> Option<&'a [u8]> {
+        pages.bytes(self.run).get(self.skip..self.skip + self.len)
+    }
+}
+
+/// Splits a source's runs into pieces filled now (outside every registered
+/// range) and pieces filled lazily (inside one). A run may cross a mapping
+/// boundary (say a file-backed `.data` followed by an anonymous `.bss`): it is
+/// cut there.
+pub fn split_runs(runs: &[PageRun], registered: &[(u64, u64)]) -> (Vec<Piece>, Vec<Piece>) {
     let (mut now, mut later) = (Vec::new(), Vec::new());
-    for &(addr, off, len) in runs {
-        let end = addr + len as u64;
-        let mut a = addr;
+    for (run, r) in runs.iter().enumerate() {
+        let end = r.start + r.npages * PAGE;
+        let mut a = r.start;
         while a < end {
             // The first registered range that ends after `a`.
-            let i = registered.partition_point(|r| r.1 <= a);
+            let i = registered.partition_point(|x| x.1 <= a);
             let (piece_end, inside) = match registered.get(i) {
-                Some(r) if r.0 <= a => (end.min(r.1), true),
-                Some(r) => (end.min(r.0), false),
+                Some(x) if x.0 <= a => (end.min(x.1), true),
+                Some(x) => (end.min(x.0), false),
                 None => (end, false),
             };
-            let piece = (a, off + (a - addr), (piece_end - a) as usize);
+            let piece = Piece {
+                addr: a,
+                len: (piece_end - a) as usize,
+                run,
+                skip: (a - r.start) as usize,
+            };
             if inside {
                 later.push(piece);
             } else {
@@ -131,24 +152,24 @@ mod tests {
     #[test]
     fn runs_are_cut_at_registered_ranges() {
         let reg = [(0x2000, 0x4000), (0x8000, 0x9000)];
-        let runs = [
-            (0x1000, 100, 0x4000),
-            (0x9000, 0, 0x1000),
-            (0x8000, 7, 0x1000),
-        ];
+        let run = |start, npages| PageRun {
+            start,
+            npages,
+            offset: 0,
+        };
+        let runs = [run(0x1000, 4), run(0x8000, 1), run(0x9000, 1)];
         let (now, later) = split_runs(&runs, &reg);
+        let p = |addr, len, run, skip| Piece {
+            addr,
+            len,
+            run,
+            skip,
+        };
         assert_eq!(
             now,
-            vec![
-                (0x1000, 100, 0x1000),
-                (0x4000, 100 + 0x3000, 0x1000),
-                (0x9000, 0, 0x1000)
-            ]
+            vec![p(0x1000, 0x1000, 0, 0), p(0x4000, 0x1000, 0, 0x3000), p(0x9000, 0x1000, 2, 0)]
         );
-        assert_eq!(
-            later,
-            vec![(0x2000, 100 + 0x1000, 0x2000), (0x8000, 7, 0x1000)]
-        );
+        assert_eq!(later, vec![p(0x2000, 0x2000, 0, 0x1000), p(0x8000, 0x1000, 1, 0)]);
     }
 }
 
@@ -172,19 +193,13 @@ pub struct LazyFill {
 
 struct Shared {
     uffd: OwnedFd,
-    map: Mapped,
-    /// Lazily filled runs, sorted by address.
-    runs: Vec<(u64, u64, usize)>,
+    pages: Arc<dyn PageSource>,
+    /// Lazily filled pieces, sorted by address.
+    runs: Vec<Piece>,
     filled: AtomicBool,
     faults: AtomicU64,
     fault_pages: AtomicU64,
 }
-
-// SAFETY: `Mapped` is a read-only file mapping that lives as long as `Shared`;
-// the threads only read it (through the kernel, by address).
-unsafe impl Sync for Shared {}
-// SAFETY: as above; ownership of the mapping moves with the value.
-unsafe impl Send for Shared {}
 
 enum Copy {
     Done,
@@ -199,14 +214,21 @@ enum Copy {
 }
 
 impl Shared {
-    fn run_at(&self, addr: u64) -> Option<&(u64, u64, usize)> {
-        let i = self.runs.partition_point(|r| r.0 + r.2 as u64 <= addr);
-        self.runs.get(i).filter(|r| r.0 <= addr)
+    fn run_at(&self, addr: u64) -> Option<&Piece> {
+        let i = self.runs.partition_point(|r| r.end() <= addr);
+        self.runs.get(i).filter(|r| r.addr <= addr)
     }
 
-    /// `UFFDIO_COPY` of `[dst, dst + len)` from the run `r`.
-    fn copy(&self, r: &(u64, u64, usize), dst: u64, len: u64) -> std::io::Result<Copy> {
-        let src = self.map.bytes().as_ptr() as u64 + r.1 + (dst - r.0);
+    /// `UFFDIO_COPY` of `[dst, dst + len)` from the piece `r`.
+    fn copy(&self, r: &Piece, dst: u64, len: u64) -> std::io::Result<Copy> {
+        let data = r.data(&*self.pages).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the page source has no data for {:#x}..{:#x}",
+                r.addr,
+                r.end()
+            ))
+        })?;
+        let src = data.as_ptr() as u64 + (dst - r.addr);
         let mut done = 0u64;
         loop {
             match uffd::copy(self.uffd.as_raw_fd(), dst + done, src + done, len - done) {
@@ -240,8 +262,8 @@ impl Shared {
         let page = addr & !(PAGE - 1);
         self.faults.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = self.run_at(page) {
-            let end = r.0 + r.2 as u64;
-            let lo = (page & !(FAULT_WINDOW - 1)).max(r.0);
+            let end = r.end();
+            let lo = (page & !(FAULT_WINDOW - 1)).max(r.addr);
             let hi = (lo + FAULT_WINDOW).min(end);
             match self.copy(r, lo, hi - lo)? {
                 Copy::Done => {
@@ -327,7 +349,7 @@ impl Shared {
 
     /// The background filler: every run, in address order.
     fn filler(&self) -> std::io::Result<u64> {
-        self.map.populate();
+        self.pages.populate();
         // Test switch: a slow fill, so that tests can act while it runs.
         let delay = std::env::var("CS_TEST_FILL_DELAY_MS")
             .ok()
@@ -335,8 +357,8 @@ impl Shared {
             .map(Duration::from_millis);
         let mut pages = 0u64;
         for r in &self.runs {
-            let end = r.0 + r.2 as u64;
-            let mut a = r.0;
+            let end = r.end();
+            let mut a = r.addr;
             while a < end {
                 let n = (end - a).min(FILL_CHUNK);
                 if let Some(d) = delay {
@@ -367,26 +389,20 @@ impl Shared {
 }
 
 impl LazyFill {
-    /// Starts serving faults and filling `runs` of `image` into the process whose
-    /// ranges `prep` registered. `done` is written once every page is in.
+    /// Starts serving faults and filling `runs` (pieces of `pages`) into the
+    /// process whose ranges `prep` registered. `done` is written once every page
+    /// is in.
     pub fn start(
         prep: Prepared,
-        image: &File,
-        mut runs: Vec<(u64, u64, usize)>,
+        pages: Arc<dyn PageSource>,
+        mut runs: Vec<Piece>,
         host_pid: i32,
         done: OwnedFd,
     ) -> Result<LazyFill, RestoreError> {
-        let map = Mapped::new(image, "image").map_err(|e| RestoreError::Sys {
-            op: "mapping the image".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        if let Some(r) = runs.iter().find(|r| r.1 as usize + r.2 > map.bytes().len()) {
-            return Err(RestoreError::Sys {
-                op: format!("page run at {:#x}", r.0),
-                source: std::io::Error::other("data outside the image"),
-            });
+        if let Some(r) = runs.iter().find(|r| r.data(&*pages).is_none()) {
+            return Err(RestoreError::PageSource { addr: r.addr });
         }
-        runs.sort_unstable_by_key(|r| r.0);
+        runs.sort_unstable_by_key(|r| r.addr);
         // Held until every page is in: a dump now would read the pages not yet
         // filled as absent (crate::lock).
         let lock = match ProgramLock::acquire(host_pid, Role::Fill, Duration::ZERO, &mut |_| {}) {
@@ -398,7 +414,7 @@ impl LazyFill {
         };
         let shared = Arc::new(Shared {
             uffd: prep.uffd,
-            map,
+            pages,
             runs,
             filled: AtomicBool::new(false),
             faults: AtomicU64::new(0),

@@ -33,38 +33,10 @@ use restore_stub::report::{Phase, Report};
 
 use crate::capture::fds::{FdCapture, FdKind, SockFamily};
 use crate::capture::inject::Injector;
-use crate::capture::{Rlimit, VmaCapture, VmaKind};
+use crate::model::{Epoch, PageSource, VmaKind};
 use crate::error::CaptureError;
 use crate::linux::procfs;
 use crate::linux::sys::{self, WaitStatus};
-
-/// What the restorer needs to know about an image before starting the stub.
-#[derive(Debug, Clone)]
-pub struct RestorePlan {
-    pub pid: i32,
-    pub tids: Vec<i32>,
-    pub xsave_size: u32,
-    pub xcr0: u64,
-    pub monotonic_ns: u64,
-    pub boottime_ns: u64,
-    pub cwd: Vec<u8>,
-    pub umask: u32,
-    pub rlimits: Vec<Rlimit>,
-    pub vmas: Vec<VmaCapture>,
-    pub fds: Vec<FdCapture>,
-    /// The program's executable (for `/proc/PID/exe`), mm layout and auxv.
-    pub exe: Vec<u8>,
-    pub mm: crate::linux::procfs::MmLayout,
-    pub auxv: Vec<u8>,
-    /// Raw page runs: (address, byte offset of the data in the image, length).
-    pub runs: Vec<(u64, u64, usize)>,
-    /// Identity of every mapped file, as recorded at the dump.
-    pub files: Vec<crate::capture::identity::FileIdentity>,
-    /// Every thread's credentials, by the tid the program sees.
-    pub creds: Vec<(i32, crate::capture::creds::ThreadCreds)>,
-    /// Restored in a job-control stop (it was SIGSTOPped at the dump).
-    pub stopped: bool,
-}
 
 #[derive(Debug, Default, Clone)]
 pub struct RestoreOptions {
@@ -125,6 +97,10 @@ pub enum RestoreError {
     Privilege(String),
     #[error("finishing the threads: {0}")]
     Finish(#[from] CaptureError),
+    #[error("the page source holds no data for the page run at {addr:#x}")]
+    PageSource { addr: u64 },
+    #[error("writing the epoch's metadata for the stub: {0}")]
+    Meta(#[from] crate::image::ImageError),
 }
 
 fn sys_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
@@ -196,7 +172,7 @@ pub fn check_privileges() -> Result<(), RestoreError> {
 }
 
 /// Checks that the image can be restored on this machine, without side effects.
-pub fn precheck(plan: &RestorePlan) -> Result<(), RestoreError> {
+pub fn precheck(plan: &Epoch) -> Result<(), RestoreError> {
     check_cpu(plan)?;
     precheck_layout(plan)?;
     crate::capture::identity::check_all(&plan.files, &plan.vmas).map_err(|m| {
@@ -205,16 +181,16 @@ pub fn precheck(plan: &RestorePlan) -> Result<(), RestoreError> {
             detail: m.detail,
         }
     })?;
-    crate::capture::creds::precheck(&plan.creds).map_err(RestoreError::Credentials)
+    crate::capture::creds::precheck(&plan.creds()).map_err(RestoreError::Credentials)
 }
 
 /// The image's XSAVE layout (size and XCR0) must be this machine's.
-pub fn check_cpu(plan: &RestorePlan) -> Result<(), RestoreError> {
+pub fn check_cpu(plan: &Epoch) -> Result<(), RestoreError> {
     let (host_size, host_xcr0) = sys::host_xsave_layout();
-    if plan.xsave_size != host_size || plan.xcr0 != host_xcr0 {
+    if plan.process.xsave_size != host_size || plan.process.xcr0 != host_xcr0 {
         return Err(RestoreError::CpuMismatch {
-            image_size: plan.xsave_size,
-            image_xcr0: plan.xcr0,
+            image_size: plan.process.xsave_size,
+            image_xcr0: plan.process.xcr0,
             host_size,
             host_xcr0,
         });
@@ -222,7 +198,7 @@ pub fn check_cpu(plan: &RestorePlan) -> Result<(), RestoreError> {
     Ok(())
 }
 
-fn precheck_layout(plan: &RestorePlan) -> Result<(), RestoreError> {
+fn precheck_layout(plan: &Epoch) -> Result<(), RestoreError> {
     // Every file the program had mapped must still be there (the stub maps them by path).
     for v in &plan.vmas {
         if let VmaKind::File { path, .. } = &v.kind {
@@ -720,10 +696,12 @@ fn child_fail(errfd: RawFd, msg: &'static [u8]) -> ! {
     }
 }
 
-/// Starts the restored process and lets it run. `image` is the verified image file.
+/// Starts the restored process from `plan` (a full epoch, verified) and lets it
+/// run; its memory comes from `pages`, copied in before it runs or, by default,
+/// lazily while it runs ([`lazy`]).
 pub fn restore(
-    plan: &RestorePlan,
-    image: &File,
+    plan: &Epoch,
+    pages: std::sync::Arc<dyn PageSource>,
     opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
@@ -737,13 +715,12 @@ pub fn restore(
     let floor = max_fd + 1;
     let (moves, adds) = prepare_fds(&plan.fds, floor)?;
     // Control fds, also above every target number.
-    let image_fd = lift(
-        image.try_clone().map_err(sys_err("dup image"))?.into(),
-        floor,
-    )?;
+    // The stub reads the epoch's metadata frames from a sealed-off memory file;
+    // it never reads pages (the driver fills them).
+    let image_fd = lift(metadata_fd(plan)?, floor)?;
     // The program's executable, inherited by the new process so that /proc/PID/exe
     // can point at it again once the stub is gone (PR_SET_MM_MAP exe_fd).
-    let exe_fd: Option<OwnedFd> = match std::fs::File::open(std::ffi::OsStr::from_bytes(&plan.exe))
+    let exe_fd: Option<OwnedFd> = match std::fs::File::open(std::ffi::OsStr::from_bytes(&plan.process.exe))
     {
         Ok(f) => Some(lift(f.into(), floor)?),
         Err(_) => None,
@@ -776,7 +753,7 @@ pub fn restore(
     };
     let out_fd = redirect(&opts.stdout)?;
     let err_fd = redirect(&opts.stderr)?;
-    let cwd = CString::new(plan.cwd.clone()).unwrap_or_else(|_| CString::new("/").expect("no NUL"));
+    let cwd = CString::new(plan.process.cwd.clone()).unwrap_or_else(|_| CString::new("/").expect("no NUL"));
     let arg1 = CString::new(image_fd.as_raw_fd().to_string()).expect("digits");
     let arg2 = CString::new(rep_w.as_raw_fd().to_string()).expect("digits");
     let arg3 = CString::new(go_r.as_raw_fd().to_string()).expect("digits");
@@ -788,16 +765,17 @@ pub fn restore(
         std::ptr::null(),
     ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let mono = plan.monotonic_ns as i128 - now_ns(libc::CLOCK_MONOTONIC);
-    let boot = plan.boottime_ns as i128 - now_ns(libc::CLOCK_BOOTTIME);
+    let mono = plan.process.monotonic_ns as i128 - now_ns(libc::CLOCK_MONOTONIC);
+    let boot = plan.process.boottime_ns as i128 - now_ns(libc::CLOCK_BOOTTIME);
     let offsets = format!(
         "{}{}",
         offset_line(libc::CLOCK_MONOTONIC, mono),
         offset_line(libc::CLOCK_BOOTTIME, boot)
     );
     let timens_path = c"/proc/self/timens_offsets";
-    let set_tid: [libc::pid_t; 1] = [plan.pid];
+    let set_tid: [libc::pid_t; 1] = [plan.process.pid];
     let rlimits: Vec<(u32, libc::rlimit64)> = plan
+        .process
         .rlimits
         .iter()
         .map(|r| {
@@ -929,15 +907,13 @@ pub fn restore(
         } else {
             crate::restore::lazy::prepare(host, stub_ufd, &plan.vmas).ok()
         };
-        let (now, later) = match &prepared {
-            Some(p) => crate::restore::lazy::split_runs(&plan.runs, &p.registered),
-            None => (plan.runs.clone(), Vec::new()),
-        };
-        let filled = fill_pages(host, image, &now);
+        let registered = prepared.as_ref().map_or(&[][..], |p| &p.registered[..]);
+        let (now, later) = lazy::split_runs(pages.runs(), registered);
+        let filled = fill_pages(host, &*pages, &now);
         let started = match (filled, prepared) {
             (Ok(()), Some(p)) => crate::restore::lazy::LazyFill::start(
                 p,
-                image,
+                pages.clone(),
                 later,
                 host,
                 done_w.take().expect("done pipe"),
@@ -1012,18 +988,26 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// Copies every raw page run from the image into the new process (whose VMAs the
-/// stub has mapped writable), split across cores like the dump's copy.
-fn fill_pages(pid: i32, image: &File, runs: &[(u64, u64, usize)]) -> Result<(), RestoreError> {
-    if runs.is_empty() {
+/// The epoch's metadata frames (no page runs) in a memory file, for the stub.
+fn metadata_fd(plan: &Epoch) -> Result<OwnedFd, RestoreError> {
+    let fd = sys::memfd("cs-epoch-meta").map_err(sys_err("memfd_create"))?;
+    let mut f = File::from(fd);
+    crate::image::encode_epoch(plan, None, &mut std::io::BufWriter::new(&mut f), &mut |_, _| {})?;
+    Ok(f.into())
+}
+
+/// Copies `pieces` of `pages` into the new process (whose VMAs the stub has
+/// mapped writable), split across cores like the dump's copy.
+fn fill_pages(
+    pid: i32,
+    pages: &dyn PageSource,
+    pieces: &[lazy::Piece],
+) -> Result<(), RestoreError> {
+    if pieces.is_empty() {
         return Ok(());
     }
-    let map = crate::image::Mapped::new(image, "image").map_err(|e| RestoreError::Sys {
-        op: "mapping the image".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let bytes = map.bytes();
-    let total: usize = runs.iter().map(|r| r.2).sum();
+    pages.populate();
+    let total: usize = pieces.iter().map(|r| r.len).sum();
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -1031,20 +1015,16 @@ fn fill_pages(pid: i32, image: &File, runs: &[(u64, u64, usize)]) -> Result<(), 
     let share = total.div_ceil(workers);
     let mut jobs: Vec<Vec<(&[u8], u64)>> = vec![Vec::new()];
     let mut acc = 0usize;
-    for &(addr, off, len) in runs {
-        let data =
-            bytes
-                .get(off as usize..off as usize + len)
-                .ok_or_else(|| RestoreError::Sys {
-                    op: format!("page run at {addr:#x}"),
-                    source: std::io::Error::other("data outside the image"),
-                })?;
+    for p in pieces {
+        let data = p
+            .data(pages)
+            .ok_or(RestoreError::PageSource { addr: p.addr })?;
         if acc >= share {
             jobs.push(Vec::new());
             acc = 0;
         }
-        jobs.last_mut().expect("one job").push((data, addr));
-        acc += len;
+        jobs.last_mut().expect("one job").push((data, p.addr));
+        acc += p.len;
     }
     std::thread::scope(|sc| {
         let hs: Vec<_> = jobs
@@ -1322,7 +1302,7 @@ fn program_pid(init_pid: i32) -> Result<i32, RestoreError> {
 fn finish_threads(
     host_pid: i32,
     report: &Report<'_>,
-    plan: &RestorePlan,
+    plan: &Epoch,
     exe_fd: Option<RawFd>,
 ) -> Result<(), CaptureError> {
     let tids = procfs::list_tids(host_pid)?;
@@ -1406,8 +1386,8 @@ fn finish_threads(
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
         .map(|v| (v.start, v.end));
-    crate::capture::creds::apply(host_pid, &stopped, &plan.creds, vdso)?;
-    if plan.stopped {
+    crate::capture::creds::apply(host_pid, &stopped, &plan.creds(), vdso)?;
+    if plan.process.stopped {
         // Queued while every thread is still traced: each one takes the stop on
         // its way back to user mode, before it runs an instruction.
         // SAFETY: kill(2) with integers.
@@ -1427,7 +1407,7 @@ fn set_exe(
     pid: i32,
     main: i32,
     regs: &sys::UserRegs,
-    plan: &RestorePlan,
+    plan: &Epoch,
     fd: RawFd,
 ) -> Result<(), CaptureError> {
     let vdso = plan
@@ -1449,8 +1429,8 @@ fn set_exe(
     }
     let scratch = scratch as u64;
     let result = (|| {
-        let auxv = &plan.auxv[..plan.auxv.len().min(2048)];
-        let m = &plan.mm;
+        let auxv = &plan.process.auxv[..plan.process.auxv.len().min(2048)];
+        let m = &plan.process.mm;
         let mut st = Vec::with_capacity(104 + auxv.len());
         for v in [
             m.start_code,
