@@ -9,6 +9,7 @@
 pub mod cancel;
 pub mod capture;
 pub mod chain;
+pub mod channel;
 pub mod creds;
 pub mod error;
 pub mod fds;
