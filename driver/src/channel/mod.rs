@@ -55,6 +55,8 @@
 //! [`ChannelError::PeerClosed`], the channel is poisoned: every later call returns
 //! [`ChannelError::Poisoned`] naming the first error. A message is returned only once
 //! all its records authenticated: nothing of a refused message reaches the caller.
+//! Writing to a vanished peer is an `Io` error (EPIPE), not a signal: this relies on
+//! SIGPIPE being ignored, as the Rust runtime arranges for every binary.
 //!
 //! # Cancellation
 //!
