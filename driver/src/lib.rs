@@ -21,10 +21,11 @@
 
 pub mod cancel;
 pub mod capture;
+pub mod channel;
 pub mod error;
 pub mod image;
 pub mod linux;
-pub mod model;
 pub mod lock;
+pub mod model;
 pub mod restore;
 pub mod run;

@@ -69,7 +69,10 @@ impl Epoch {
 
     /// Every thread's credentials, by the tid the program sees.
     pub fn creds(&self) -> Vec<(i32, ThreadCreds)> {
-        self.threads.iter().map(|t| (t.tid, t.creds.clone())).collect()
+        self.threads
+            .iter()
+            .map(|t| (t.tid, t.creds.clone()))
+            .collect()
     }
 }
 
@@ -188,4 +191,3 @@ pub struct MmLayout {
     pub env_start: u64,
     pub env_end: u64,
 }
-

@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use crate::capture::freeze::Frozen;
 use crate::error::CaptureError;
 use crate::linux::procfs::{self, MapEntry, Pagemap, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::linux::staging::Staging;
+use crate::linux::sys::{self, UserRegs};
+use crate::lock::{ProgramLock, Role};
 pub use crate::model::{
     Epoch, MmLayout, PageRun, PageSource, Process, Rlimit, SigAction, Thread, Vma, VmaKind, PAGE,
     PROT_R, PROT_W, PROT_X,
 };
-use crate::linux::staging::Staging;
-use crate::linux::sys::{self, UserRegs};
-use crate::lock::{ProgramLock, Role};
 use inject::{Injector, Restart, Site};
 use track::Tracker;
 
@@ -1108,11 +1108,7 @@ fn capture_memory(
     Ok((spans, t.elapsed(), total))
 }
 
-pub(crate) fn refuse_shared_anon(
-    pid: i32,
-    m: &MapEntry,
-    v: &Vma,
-) -> Result<(), CaptureError> {
+pub(crate) fn refuse_shared_anon(pid: i32, m: &MapEntry, v: &Vma) -> Result<(), CaptureError> {
     if v.shared {
         return Err(CaptureError::Unsupported {
             pid,

@@ -26,8 +26,8 @@ use crate::capture::inject;
 use crate::capture::track::{self, Tracker};
 use crate::capture::{
     self, capture_frozen, clip_spans, copy_jobs, grow, place, refuse_shared_anon, stores_pages,
-    subtract, Attached, Capture, CaptureTimes, Held, Job, Memory, Options, PageRun, Vma,
-    VmaKind, PAGE,
+    subtract, Attached, Capture, CaptureTimes, Held, Job, Memory, Options, PageRun, Vma, VmaKind,
+    PAGE,
 };
 use crate::error::CaptureError;
 use crate::linux::procfs::MapEntry;

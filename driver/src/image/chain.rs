@@ -17,7 +17,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-
 use crate::image::{self, ImageError, ImageOut, ImagePages};
 use crate::model::{Epoch, PageRun, PageSource, PAGE};
 

@@ -743,7 +743,11 @@ fn page_table(pages: &dyn PageSource, zeros: &[(u64, u64)]) -> (Vec<u64>, PageTa
     }
     if !zeros.is_empty() {
         for &(start, end) in zeros {
-            all.extend((start..end).step_by(PAGE as usize).map(|a| (a, (ZERO_PAGE, 0))));
+            all.extend(
+                (start..end)
+                    .step_by(PAGE as usize)
+                    .map(|a| (a, (ZERO_PAGE, 0))),
+            );
         }
         // Stable: a stored page sorts before a zero page at the same address.
         all.sort_by_key(|p| p.0);
@@ -822,6 +826,11 @@ impl Mapped {
                 source: std::io::Error::last_os_error(),
             });
         }
+        // Not inherited by a fork: the restorer's namespace init is a fork of the
+        // driver that never execs, and must not keep the epoch files mapped (a
+        // folder on a mount could then not be unmounted while the program runs).
+        // SAFETY: madvise on the mapping just made; failing only leaves it inherited.
+        unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) };
         Ok(Mapped { ptr, len })
     }
 

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::model::{PageRun, PageSource, Vma, VmaKind, PAGE};
 use crate::linux::sys;
 use crate::linux::uffd;
 use crate::lock::{ProgramLock, Role};
+use crate::model::{PageRun, PageSource, Vma, VmaKind, PAGE};
 use crate::restore::RestoreError;
 
 /// What one fault brings in: the aligned 64 KiB around it, within its run.
@@ -167,9 +167,16 @@ mod tests {
         };
         assert_eq!(
             now,
-            vec![p(0x1000, 0x1000, 0, 0), p(0x4000, 0x1000, 0, 0x3000), p(0x9000, 0x1000, 2, 0)]
+            vec![
+                p(0x1000, 0x1000, 0, 0),
+                p(0x4000, 0x1000, 0, 0x3000),
+                p(0x9000, 0x1000, 2, 0)
+            ]
         );
-        assert_eq!(later, vec![p(0x2000, 0x2000, 0, 0x1000), p(0x8000, 0x1000, 1, 0)]);
+        assert_eq!(
+            later,
+            vec![p(0x2000, 0x2000, 0, 0x1000), p(0x8000, 0x1000, 1, 0)]
+        );
     }
 }
 

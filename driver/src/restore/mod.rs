@@ -33,10 +33,10 @@ use restore_stub::report::{Phase, Report};
 
 use crate::capture::fds::{FdCapture, FdKind, SockFamily};
 use crate::capture::inject::Injector;
-use crate::model::{Epoch, PageSource, VmaKind};
 use crate::error::CaptureError;
 use crate::linux::procfs;
 use crate::linux::sys::{self, WaitStatus};
+use crate::model::{Epoch, PageSource, VmaKind};
 
 #[derive(Debug, Default, Clone)]
 pub struct RestoreOptions {
@@ -720,11 +720,11 @@ pub fn restore(
     let image_fd = lift(metadata_fd(plan)?, floor)?;
     // The program's executable, inherited by the new process so that /proc/PID/exe
     // can point at it again once the stub is gone (PR_SET_MM_MAP exe_fd).
-    let exe_fd: Option<OwnedFd> = match std::fs::File::open(std::ffi::OsStr::from_bytes(&plan.process.exe))
-    {
-        Ok(f) => Some(lift(f.into(), floor)?),
-        Err(_) => None,
-    };
+    let exe_fd: Option<OwnedFd> =
+        match std::fs::File::open(std::ffi::OsStr::from_bytes(&plan.process.exe)) {
+            Ok(f) => Some(lift(f.into(), floor)?),
+            Err(_) => None,
+        };
     let exe_raw = exe_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     let (rep_r, rep_w) = pipe_cloexec("pipe2(report)")?;
     let rep_w = lift(rep_w, floor)?;
@@ -753,7 +753,8 @@ pub fn restore(
     };
     let out_fd = redirect(&opts.stdout)?;
     let err_fd = redirect(&opts.stderr)?;
-    let cwd = CString::new(plan.process.cwd.clone()).unwrap_or_else(|_| CString::new("/").expect("no NUL"));
+    let cwd = CString::new(plan.process.cwd.clone())
+        .unwrap_or_else(|_| CString::new("/").expect("no NUL"));
     let arg1 = CString::new(image_fd.as_raw_fd().to_string()).expect("digits");
     let arg2 = CString::new(rep_w.as_raw_fd().to_string()).expect("digits");
     let arg3 = CString::new(go_r.as_raw_fd().to_string()).expect("digits");
@@ -992,7 +993,12 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 fn metadata_fd(plan: &Epoch) -> Result<OwnedFd, RestoreError> {
     let fd = sys::memfd("cs-epoch-meta").map_err(sys_err("memfd_create"))?;
     let mut f = File::from(fd);
-    crate::image::encode_epoch(plan, None, &mut std::io::BufWriter::new(&mut f), &mut |_, _| {})?;
+    crate::image::encode_epoch(
+        plan,
+        None,
+        &mut std::io::BufWriter::new(&mut f),
+        &mut |_, _| {},
+    )?;
     Ok(f.into())
 }
 
