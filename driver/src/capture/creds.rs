@@ -332,8 +332,9 @@ pub fn apply(
     threads: &[Stopped],
     creds: &[(i32, ThreadCreds)],
     vdso: Option<(u64, u64)>,
+    deferred: &crate::capture::inject::Deferred,
 ) -> Result<(), CaptureError> {
-    let inj = Injector::new(pid, vdso)?;
+    let inj = Injector::new(pid, vdso, deferred)?;
     let main = threads.first().ok_or(CaptureError::ProcessGone { pid })?;
     let want = |t: &Stopped| {
         creds

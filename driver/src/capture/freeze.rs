@@ -29,6 +29,8 @@ pub struct Frozen {
     /// its stop signal, and stays stopped once untraced (shown by a probe on this
     /// kernel; see docs/guarantees.md).
     pub group_stopped: bool,
+    /// Signals held back by injections into these threads, sent at the resume.
+    pub deferred: crate::capture::inject::Deferred,
     released: bool,
 }
 
@@ -45,6 +47,7 @@ impl Frozen {
             tids: Vec::new(),
             frozen_at,
             group_stopped: false,
+            deferred: Default::default(),
             released: false,
         };
         loop {
@@ -183,6 +186,7 @@ impl Frozen {
         for &t in &order {
             let _ = sys::ptrace_detach(t, 0);
         }
+        self.deferred.redeliver(self.pid);
     }
 }
 

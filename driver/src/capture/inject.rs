@@ -98,15 +98,20 @@ impl Site {
         threads: &[(i32, UserRegs)],
         vdso: Option<(u64, u64)>,
         fallback: (i32, UserRegs),
+        deferred: &Deferred,
     ) -> Result<Site, CaptureError> {
         Ok(match parked_site(pid, threads) {
             Some((tid, regs, gadget)) => Site {
-                inj: Injector { pid, gadget },
+                inj: Injector {
+                    pid,
+                    gadget,
+                    deferred: deferred.clone(),
+                },
                 tid,
                 regs,
             },
             None => Site {
-                inj: Injector::new(pid, vdso)?,
+                inj: Injector::new(pid, vdso, deferred)?,
                 tid: fallback.0,
                 regs: fallback.1,
             },
@@ -133,39 +138,53 @@ impl Site {
     }
 }
 
-static DEFERRED: std::sync::Mutex<Vec<(i32, i32)>> = std::sync::Mutex::new(Vec::new());
+/// Signals that arrived for threads while they ran injected code, held back
+/// (re-sending one at once would stop the thread on it again) and sent once the
+/// threads are released. Owned by whoever holds the threads stopped (a
+/// [`crate::capture::freeze::Frozen`] sends them at its resume); every injector
+/// working on those threads holds a handle to the same list.
+#[derive(Clone, Debug, Default)]
+pub struct Deferred(std::sync::Arc<std::sync::Mutex<Vec<(i32, i32)>>>);
 
-/// Records a signal that arrived for `tid` while it was running injected code.
-pub fn deferred_signal(tid: i32, sig: i32) {
-    if let Ok(mut d) = DEFERRED.lock() {
-        d.push((tid, sig));
+impl Deferred {
+    /// Records `sig` for `tid`.
+    pub fn push(&self, tid: i32, sig: i32) {
+        if let Ok(mut d) = self.0.lock() {
+            d.push((tid, sig));
+        }
     }
-}
 
-/// Sends the signals held back during injections to their threads (call once the
-/// threads are released; a no-op for a killed process).
-pub fn redeliver_deferred(pid: i32) {
-    let list = DEFERRED
-        .lock()
-        .map(|mut d| std::mem::take(&mut *d))
-        .unwrap_or_default();
-    for (tid, sig) in list {
-        // SAFETY: tgkill takes three integers.
-        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+    /// Sends the held-back signals to their threads of `pid` (once the threads
+    /// run again; a no-op for a killed process).
+    pub fn redeliver(&self, pid: i32) {
+        let list = self
+            .0
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        for (tid, sig) in list {
+            let _ = sys::tgkill(pid, tid, sig);
+        }
     }
 }
 
 /// Runs syscalls in stopped threads of one process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Injector {
     pub pid: i32,
     /// Address of a `0f 05` (`syscall`) byte pair in an executable mapping.
     pub gadget: u64,
+    /// Where signals that arrive during an injection are held back.
+    pub deferred: Deferred,
 }
 
 impl Injector {
     /// Finds a `syscall` instruction in the target's `[vdso]`.
-    pub fn new(pid: i32, vdso: Option<(u64, u64)>) -> Result<Injector, CaptureError> {
+    pub fn new(
+        pid: i32,
+        vdso: Option<(u64, u64)>,
+        deferred: &Deferred,
+    ) -> Result<Injector, CaptureError> {
         let (start, end) = vdso.ok_or(CaptureError::NoSyscallGadget { pid })?;
         let mut buf = vec![0u8; (end - start) as usize];
         let len = buf.len();
@@ -184,6 +203,7 @@ impl Injector {
         Ok(Injector {
             pid,
             gadget: start + off as u64,
+            deferred: deferred.clone(),
         })
     }
 
@@ -267,7 +287,7 @@ impl Injector {
                     // A signal arrived for this thread (Go preempts with SIGURG).
                     // Re-sending it now would stop the thread on it again, forever;
                     // hold it back and send it once the process is released.
-                    deferred_signal(tid, sig);
+                    self.deferred.push(tid, sig);
                     sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
                 }
                 // A group-stopped thread (SIGSTOP) that is resumed traps once more

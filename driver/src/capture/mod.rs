@@ -169,9 +169,7 @@ impl Held {
     /// Lets the program run again; returns the pause (from the first interrupt).
     pub fn resume(mut self) -> Duration {
         if let Some(f) = self.frozen.take() {
-            let pid = f.pid;
             f.resume();
-            inject::redeliver_deferred(pid);
         }
         let pause = self.frozen_at.elapsed();
         self.pre = None;
@@ -205,9 +203,7 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(f) = self.frozen.take() {
-            let pid = f.pid;
             f.resume();
-            inject::redeliver_deferred(pid);
         }
     }
 }
@@ -487,6 +483,7 @@ pub(crate) fn capture_frozen(
                     first.host_tid,
                     inject::normalized(&first.regs, first.restart),
                 ),
+                &frozen.deferred,
             )?;
             if a.queried.is_none() {
                 remove_stale_scratch(&site, &a.maps_before)?;
@@ -713,6 +710,7 @@ fn inject_queries(
         let safe = Injector {
             pid,
             gadget: scratch,
+            deferred: site.inj.deferred.clone(),
         };
         let mut frames = Vec::with_capacity(threads.len());
         let mut frame = vec![0u8; FRAME_SLOT as usize];
@@ -949,7 +947,7 @@ fn batch_sigactions(
             }
             Some(sys::WaitStatus::Stopped(_, sig, 0)) => {
                 // A signal for this thread arrived: hold it back until the release.
-                inject::deferred_signal(tid, sig);
+                safe.deferred.push(tid, sig);
             }
             Some(sys::WaitStatus::Stopped(..)) => {}
             other => {
@@ -982,7 +980,7 @@ fn batch_sigactions(
         match sys::waitpid(tid, false).map_err(CaptureError::ptrace("waitpid", tid))? {
             Some(sys::WaitStatus::Stopped(_, sig, 0)) if sig == (libc::SIGTRAP | 0x80) => break,
             Some(sys::WaitStatus::Stopped(_, sig, 0)) => {
-                inject::deferred_signal(tid, sig);
+                safe.deferred.push(tid, sig);
                 sys::ptrace_syscall(tid, 0).map_err(CaptureError::ptrace("SYSCALL", tid))?;
             }
             Some(sys::WaitStatus::Stopped(..)) => {

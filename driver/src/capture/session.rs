@@ -22,7 +22,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::capture::inject;
 use crate::capture::track::{self, Tracker};
 use crate::capture::{
     self, capture_frozen, clip_spans, copy_jobs, grow, place, refuse_shared_anon, stores_pages,
@@ -257,7 +256,6 @@ impl Session {
             verify(pid, c.epoch.number, &c.epoch.vmas, model)?;
         }
         frozen.resume();
-        inject::redeliver_deferred(pid);
         c.times.pause = at.elapsed();
         // After the resume (an epoch never kills, so a refusal only stops the
         // session): no epoch that restore would refuse is written.

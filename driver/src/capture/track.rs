@@ -167,13 +167,13 @@ impl Tracker {
             &threads,
             vdso,
             (t0, inject::normalized(&r0, inject::restart_kind(&r0))),
+            &frozen.deferred,
         )?;
         let tid = site.tid;
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
         let fd = site.syscall(SYS_USERFAULTFD, [flags, 0, 0, 0, 0, 0])?;
         if fd < 0 {
             frozen.resume();
-            inject::redeliver_deferred(pid);
             return Err(CaptureError::Inject {
                 tid,
                 nr: SYS_USERFAULTFD,
@@ -183,7 +183,6 @@ impl Tracker {
         let ours = sys::pidfd_getfd(pidfd, fd as i32);
         let rc = site.syscall(SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0])?;
         frozen.resume();
-        inject::redeliver_deferred(pid);
         let tracker_fd = ours.map_err(|e| CaptureError::Fd {
             pid,
             fd: fd as i32,

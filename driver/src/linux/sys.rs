@@ -279,6 +279,12 @@ pub fn waitpid(pid: i32, nohang: bool) -> io::Result<Option<WaitStatus>> {
     }
 }
 
+/// Sends `sig` to thread `tid` of process `pid`.
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: tgkill takes three integers and touches no memory of ours.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) }).map(|_| ())
+}
+
 /// A new anonymous memory file (close-on-exec), through `nix`.
 pub fn memfd(name: &str) -> io::Result<OwnedFd> {
     let name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use restore_stub::report::{Phase, Report};
 
 use crate::capture::fds::{FdCapture, FdKind, SockFamily};
-use crate::capture::inject::Injector;
+use crate::capture::inject::{Deferred, Injector};
 use crate::error::CaptureError;
 use crate::linux::procfs;
 use crate::linux::sys::{self, WaitStatus};
@@ -383,28 +383,44 @@ fn listen_tcp_reclaiming(
     backlog: u32,
     reuseaddr: bool,
 ) -> Result<OwnedFd, String> {
-    match listen_tcp(family, mptcp, addr, port, backlog, reuseaddr) {
-        Err((e, Some(libc::EADDRINUSE))) => {
-            let filter = format!("sport = :{port}");
-            let killed = std::process::Command::new("ss")
-                .args(["-K", "-tan", "state", "time-wait", &filter])
-                .output()
-                .map_err(|x| {
-                    format!(
-                        "{e}; and `ss -K` to reclaim the port from TIME_WAIT could not run: {x}"
-                    )
-                })?;
-            if !killed.status.success() {
-                return Err(format!(
-                    "{e}; `ss -K` failed: {}",
-                    String::from_utf8_lossy(&killed.stderr)
-                ));
-            }
-            listen_tcp(family, mptcp, addr, port, backlog, reuseaddr).map_err(|(e2, _)| {
-                format!("{e2} (even after destroying TIME_WAIT sockets on the port)")
-            })
+    let first = match listen_tcp(family, mptcp, addr, port, backlog, reuseaddr) {
+        Err((e, Some(libc::EADDRINUSE))) => e,
+        other => return other.map_err(|(e, _)| e),
+    };
+    // The port is held: by TIME_WAIT sockets of the program's old connections,
+    // or by the listener of a program killed a moment ago (a kill-mode dump), which
+    // the kernel may still be tearing down (an MPTCP listener's subflows go
+    // asynchronously). Destroy TIME_WAIT sockets, and retry for up to 2 s.
+    let filter = format!("sport = :{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut wait = Duration::from_millis(5);
+    loop {
+        let killed = std::process::Command::new("ss")
+            .args(["-K", "-tan", "state", "time-wait", &filter])
+            .output()
+            .map_err(|x| {
+                format!(
+                    "{first}; and `ss -K` to reclaim the port from TIME_WAIT could not run: {x}"
+                )
+            })?;
+        if !killed.status.success() {
+            return Err(format!(
+                "{first}; `ss -K` failed: {}",
+                String::from_utf8_lossy(&killed.stderr)
+            ));
         }
-        other => other.map_err(|(e, _)| e),
+        match listen_tcp(family, mptcp, addr, port, backlog, reuseaddr) {
+            Err((e, Some(libc::EADDRINUSE))) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            other => {
+                return other.map_err(|(e2, _)| {
+                    format!("{e2} (even after destroying TIME_WAIT sockets on the port and retrying for 2 s)")
+                })
+            }
+        }
     }
 }
 
@@ -1342,9 +1358,13 @@ fn finish_threads(
             }
         }
     }
+    // Signals that arrive during the injected syscalls are held back until the
+    // threads are released.
+    let deferred = Deferred::default();
     let inj = Injector {
         pid: host_pid,
         gadget: report.gadget,
+        deferred: deferred.clone(),
     };
     let mut main_regs = None;
     let mut stopped = Vec::new();
@@ -1381,7 +1401,7 @@ fn finish_threads(
         });
     }
     if let Some(fd) = exe_fd {
-        if let Err(e) = set_exe(host_pid, main, &regs, plan, fd) {
+        if let Err(e) = set_exe(host_pid, main, &regs, plan, fd, &deferred) {
             eprintln!("cs-driver: warning: /proc/{host_pid}/exe still names the restore stub: {e}");
         }
     }
@@ -1392,7 +1412,7 @@ fn finish_threads(
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
         .map(|v| (v.start, v.end));
-    crate::capture::creds::apply(host_pid, &stopped, &plan.creds(), vdso)?;
+    crate::capture::creds::apply(host_pid, &stopped, &plan.creds(), vdso, &deferred)?;
     if plan.process.stopped {
         // Queued while every thread is still traced: each one takes the stop on
         // its way back to user mode, before it runs an instruction.
@@ -1400,8 +1420,7 @@ fn finish_threads(
         unsafe { libc::kill(host_pid, libc::SIGSTOP) };
     }
     release(&seized);
-    // Signals that arrived during the injected syscalls were held back.
-    crate::capture::inject::redeliver_deferred(host_pid);
+    deferred.redeliver(host_pid);
     Ok(())
 }
 
@@ -1415,13 +1434,14 @@ fn set_exe(
     regs: &sys::UserRegs,
     plan: &Epoch,
     fd: RawFd,
+    deferred: &Deferred,
 ) -> Result<(), CaptureError> {
     let vdso = plan
         .vmas
         .iter()
         .find(|v| v.kind == VmaKind::Vdso)
         .map(|v| (v.start, v.end));
-    let inj = Injector::new(pid, vdso)?;
+    let inj = Injector::new(pid, vdso, deferred)?;
     let fail = |nr: u64, what: &str, rc: i64| CaptureError::Inject {
         tid: main,
         nr,
