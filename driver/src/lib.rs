@@ -21,6 +21,7 @@ pub mod lazy;
 pub mod lock;
 pub mod procfs;
 pub mod refuse;
+pub mod replica;
 pub mod restore;
 pub mod run;
 pub mod session;
