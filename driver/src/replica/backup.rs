@@ -212,9 +212,9 @@ impl Backup {
     pub fn committed(&self) -> Option<Committed> {
         self.committed
     }
-    /// Whether a promotion now would serve the committed epoch.
+    /// Whether the primary's loss now would promote the committed epoch.
     pub fn promotable(&self) -> bool {
-        self.promotable && self.committed.is_some()
+        matches!(self.state, State::Following { .. }) && self.promotable && self.committed.is_some()
     }
 
     /// Feeds one input at time `now` (milliseconds, monotonic) and appends the

@@ -808,6 +808,11 @@ mod tests {
             PInput::Received(Msg::Heartbeat { term: 5, epoch: 0 }),
         );
         assert_eq!(a[0], PAction::Fenced { term: 5 });
+        // So does the shell's report that its listener saw one; an equal term does not.
+        let mut r = primary();
+        assert!(step(&mut r, 0, PInput::HigherTerm { term: 1 }).is_empty());
+        let a = step(&mut r, 1, PInput::HigherTerm { term: 2 });
+        assert_eq!(a, vec![PAction::Fenced { term: 2 }, PAction::CloseLink]);
     }
 
     #[test]

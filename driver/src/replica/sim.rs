@@ -864,6 +864,10 @@ impl World {
             } else if !self.nodes[j].serving() {
                 self.loss_explained = true;
             }
+        } else if !self.nodes[j].serving() {
+            // Fenced by a higher term whose primary is gone already (it crashed
+            // after its message left): split-brain aftermath plus a crash.
+            self.loss_explained = true;
         }
         self.tr(|| format!("node{i} {why}"));
         let ids: Vec<u64> = self
@@ -1585,4 +1589,30 @@ fn inv3_catches_a_promotion_that_misses_released_output() {
     };
     let r = find_violation(&sc, 2000).expect("an uncovered promotion went unnoticed");
     assert!(r.contains("INV3:"), "{r}");
+}
+
+/// Longer runs: `CS_REPLICA_SIM_SEEDS=N` seeds from `CS_REPLICA_SIM_FIRST` (default
+/// 2000 from 1_000_000) of both the fail-stop and the partition scenarios.
+#[test]
+#[ignore = "soak run; cargo test -p cs-driver --lib replica::sim::soak -- --ignored"]
+fn soak() {
+    let var = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = var("CS_REPLICA_SIM_SEEDS", 2000);
+    let first = var("CS_REPLICA_SIM_FIRST", 1_000_000);
+    let (t, _) = run_seeds(&Scenario::lossy(), first..first + n);
+    println!("fail-stop: {t:#?}");
+    let part = Scenario {
+        faults: Faults {
+            partition: true,
+            ..Faults::LOSSY
+        },
+        ..Scenario::lossy()
+    };
+    let (t, _) = run_seeds(&part, first..first + n);
+    println!("partitions: {t:#?}");
 }
