@@ -27,5 +27,6 @@ pub mod image;
 pub mod linux;
 pub mod lock;
 pub mod model;
+pub mod replica;
 pub mod restore;
 pub mod run;
