@@ -200,7 +200,9 @@ pub struct LockLine {
 impl LockLine {
     /// The compared part: kind, access and range.
     fn shape(&self) -> String {
-        let end = self.end.map_or_else(|| "EOF".to_string(), |e| e.to_string());
+        let end = self
+            .end
+            .map_or_else(|| "EOF".to_string(), |e| e.to_string());
         format!("{} {} {}-{}", self.kind, self.access, self.start, end)
     }
 }
@@ -825,10 +827,16 @@ fn parse_fdinfo(
                     u32::from_str_radix(value, 8).map_err(|_| parse_err(path, line, "flags"))?
             }
             "lock" => e.locks.push(parse_lock_line(value).ok_or_else(|| {
-                parse_err(path, line, "lock line (want \"N: KIND MODE ACCESS PID MAJ:MIN:INO START END\")")
+                parse_err(
+                    path,
+                    line,
+                    "lock line (want \"N: KIND MODE ACCESS PID MAJ:MIN:INO START END\")",
+                )
             })?),
             "clockid" => {
-                timer.clockid = value.parse().map_err(|_| parse_err(path, line, "clockid"))?
+                timer.clockid = value
+                    .parse()
+                    .map_err(|_| parse_err(path, line, "clockid"))?
             }
             "settime flags" => {
                 timer.settime_flags = u32::from_str_radix(value, 8)
@@ -844,9 +852,8 @@ fn parse_fdinfo(
                     .ok_or_else(|| parse_err(path, line, "it_interval (s, ns)"))?;
                 timer.interval_ns = s.saturating_mul(1_000_000_000).saturating_add(ns);
             }
-            "inotify wd" => watches.push(
-                parse_inotify(line).ok_or_else(|| parse_err(path, line, "inotify watch"))?,
-            ),
+            "inotify wd" => watches
+                .push(parse_inotify(line).ok_or_else(|| parse_err(path, line, "inotify watch"))?),
             "tfd" => {
                 let (tfd, t) =
                     parse_epoll(value).ok_or_else(|| parse_err(path, line, "epoll target"))?;
@@ -1031,8 +1038,7 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<Mapping>, KstateError> 
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
-            {
+            if let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
                 maps.push(parse_map_header(path, line, start, end)?);
                 continue;
             }
@@ -1059,7 +1065,9 @@ fn parse_map_header(path: &str, line: &str, start: u64, end: u64) -> Result<Mapp
     }
     let bad = |what| parse_err(path, line, what);
     if fields.iter().any(|f| f.is_empty()) {
-        return Err(bad("mapping header (want \"start-end perms offset dev inode [path]\")"));
+        return Err(bad(
+            "mapping header (want \"start-end perms offset dev inode [path]\")",
+        ));
     }
     Ok(Mapping {
         start,
@@ -1102,12 +1110,7 @@ enum SocketRead {
     Changed,
 }
 
-fn socket_info(
-    pid: u32,
-    pidfd: &OwnedFd,
-    fd: i32,
-    inode: u64,
-) -> Result<SocketRead, KstateError> {
+fn socket_info(pid: u32, pidfd: &OwnedFd, fd: i32, inode: u64) -> Result<SocketRead, KstateError> {
     // SAFETY: pidfd_getfd takes a pidfd, an fd number and flags and returns
     // a new descriptor (O_CLOEXEC) or -1; no memory is passed.
     let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
@@ -1407,9 +1410,7 @@ fn read_rseq(tid: i32) -> Result<RseqConfig, String> {
             signature: raw.signature,
             flags: raw.flags,
         }),
-        Ok(n) => Err(format!(
-            "PTRACE_GET_RSEQ_CONFIGURATION returned {n} bytes"
-        )),
+        Ok(n) => Err(format!("PTRACE_GET_RSEQ_CONFIGURATION returned {n} bytes")),
         Err(e) => Err(format!("PTRACE_GET_RSEQ_CONFIGURATION: {e}")),
     }
 }
@@ -1434,7 +1435,8 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Vec<String> {
         }
     }
 
-    let ids = |s: &Snapshot| -> BTreeSet<String> { s.locks.iter().map(HeldLock::identity).collect() };
+    let ids =
+        |s: &Snapshot| -> BTreeSet<String> { s.locks.iter().map(HeldLock::identity).collect() };
     let (lb, la) = (ids(before), ids(after));
     for l in lb.difference(&la) {
         out.push(format!("lock {l}: only before"));
@@ -1557,7 +1559,8 @@ fn diff_fd(fd: i32, b: &FdEntry, a: &FdEntry, out: &mut Vec<String>) {
             for n in names {
                 let (p, q) = (x.options.get(n), y.options.get(n));
                 if p != q {
-                    let show = |v: Option<&OptValue>| v.map_or("absent".to_string(), |v| v.to_string());
+                    let show =
+                        |v: Option<&OptValue>| v.map_or("absent".to_string(), |v| v.to_string());
                     push(format!("{n} {} -> {}", show(p), show(q)));
                 }
             }
@@ -1648,8 +1651,13 @@ mod tests {
         assert_eq!((e.pos, e.flags, e.locks.len()), (28, 0o100002, 1));
         let timer = "pos:\t0\nflags:\t02004002\nclockid: 1\nticks: 0\nsettime flags: 00\n\
                      it_value: (0, 195453099)\nit_interval: (1, 200000000)\n";
-        let e =
-            parse_fdinfo("t", timer, FdKind::AnonInode("timerfd".into()), String::new()).unwrap();
+        let e = parse_fdinfo(
+            "t",
+            timer,
+            FdKind::AnonInode("timerfd".into()),
+            String::new(),
+        )
+        .unwrap();
         assert_eq!(
             e.detail,
             FdDetail::Timerfd(TimerfdInfo {
@@ -1674,12 +1682,24 @@ mod tests {
         );
         let ep = "pos:\t0\nflags:\t02\ntfd:       20 events: 8000201d data: 3f9e9bb069000001  pos:0 ino:af326 sdev:9\n\
                   tfd:       13 events:       19 data:                0  pos:0 ino:40f sdev:10\n";
-        let e = parse_fdinfo("t", ep, FdKind::AnonInode("eventpoll".into()), String::new()).unwrap();
+        let e = parse_fdinfo(
+            "t",
+            ep,
+            FdKind::AnonInode("eventpoll".into()),
+            String::new(),
+        )
+        .unwrap();
         let FdDetail::Epoll(t) = e.detail else {
             panic!("{:?}", e.detail)
         };
         assert_eq!(t.len(), 2);
-        assert_eq!(t[&13], EpollTarget { events: 0x19, data: 0 });
+        assert_eq!(
+            t[&13],
+            EpollTarget {
+                events: 0x19,
+                data: 0
+            }
+        );
         assert_eq!(t[&20].data, 0x3f9e9bb069000001);
         let bad = "pos:\tx\n";
         let err = parse_fdinfo("/proc/1/fdinfo/3", bad, FdKind::File, String::new()).unwrap_err();
@@ -1711,7 +1731,24 @@ mod tests {
         let mut p = vec![libc::AF_UNIX as u8, 0];
         p.extend_from_slice(b"/run/x.sock\0\0\0");
         assert_eq!(format_sockaddr(&p), "/run/x.sock");
-        let v4 = [libc::AF_INET as u8, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        let v4 = [
+            libc::AF_INET as u8,
+            0,
+            0x1f,
+            0x90,
+            127,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         assert_eq!(format_sockaddr(&v4), "127.0.0.1:8080");
         let mut v6 = vec![libc::AF_INET6 as u8, 0, 0, 80, 0, 0, 0, 0];
         v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
@@ -1851,11 +1888,12 @@ mod tests {
         let sock = b.fds.remove(&7).unwrap();
         b.fds.insert(5, sock);
         let d = diff(&a, &b);
+        assert!(d.iter().any(|l| l.starts_with("fd 5: kind file")), "{d:#?}");
         assert!(
-            d.iter().any(|l| l.starts_with("fd 5: kind file")),
+            d.iter()
+                .any(|l| l.starts_with("fd 7: only before: socket inet stream mptcp listening")),
             "{d:#?}"
         );
-        assert!(d.iter().any(|l| l.starts_with("fd 7: only before: socket inet stream mptcp listening")), "{d:#?}");
     }
 
     /// The snapshot of this very process (no ptrace: a process cannot trace
@@ -1869,18 +1907,15 @@ mod tests {
         let f2 = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         // SAFETY: flock on an open fd; no memory is passed.
         assert_eq!(unsafe { libc::flock(f1.as_raw_fd(), libc::LOCK_EX) }, 0);
-        // SAFETY: fl is a valid flock struct for F_OFD_SETLK (l_pid 0).
+        // SAFETY: libc::flock is plain data; all zeroes (l_pid 0, as
+        // F_OFD_SETLK wants) is a valid value.
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = libc::F_WRLCK as i16;
         fl.l_start = 10;
         fl.l_len = 20;
         // SAFETY: fcntl with a pointer to fl, valid for reads and writes.
-        assert_eq!(
-            unsafe { libc::fcntl(f2.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
-            0,
-            "{}",
-            io::Error::last_os_error()
-        );
+        let rc = unsafe { libc::fcntl(f2.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let lfd = l.as_raw_fd();
         let pid = std::process::id();
@@ -1903,7 +1938,10 @@ mod tests {
         );
         let e = s1.fd(lfd).unwrap();
         let s = e.socket().unwrap();
-        assert_eq!((s.family, s.sock_type, s.listening), (libc::AF_INET, SockType::Stream, true));
+        assert_eq!(
+            (s.family, s.sock_type, s.listening),
+            (libc::AF_INET, SockType::Stream, true)
+        );
         assert_eq!(s.local, l.local_addr().unwrap().to_string());
         assert_eq!(s.opt("SO_REUSEPORT"), Some(0));
         assert!(s1.threads.values().all(|t| t.rseq.is_err()));
@@ -1927,7 +1965,11 @@ mod tests {
         let d = diff(&s1.only_fds(&keep), &s2.only_fds(&keep));
         assert_eq!(d, vec![format!("fd {lfd}: SO_REUSEPORT 0 -> 1")]);
         let d = diff(&s1, &s2);
-        assert!(d.iter().any(|l| l.contains("OFDLCK WRITE 10-29") && l.ends_with("only before")), "{d:#?}");
+        assert!(
+            d.iter()
+                .any(|l| l.contains("OFDLCK WRITE 10-29") && l.ends_with("only before")),
+            "{d:#?}"
+        );
     }
 
     /// `sleep` is linked against glibc, which registers rseq: ptrace reads it,
@@ -1955,13 +1997,20 @@ mod tests {
         assert!(r.registered(), "{r}");
         assert!(r.abi_size >= 32, "{r}");
         assert_eq!(r.signature, 0x53053053, "{r}"); // glibc's RSEQ_SIG on x86
-        assert!(s.maps.iter().any(|m| m.path.contains("libc.so")), "{:#?}", s.maps);
+        assert!(
+            s.maps.iter().any(|m| m.path.contains("libc.so")),
+            "{:#?}",
+            s.maps
+        );
         // Untraced, not stopped, and back asleep (the stop woke it briefly).
         let t = Instant::now();
         loop {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             assert!(status.contains("TracerPid:\t0"), "{status}");
-            assert!(!status.contains("State:\tt") && !status.contains("State:\tT"), "{status}");
+            assert!(
+                !status.contains("State:\tt") && !status.contains("State:\tT"),
+                "{status}"
+            );
             if status.contains("State:\tS") {
                 break;
             }
