@@ -1009,7 +1009,11 @@ fn held_locks(pid: u32, fds: &BTreeMap<i32, FdEntry>) -> Result<Vec<HeldLock>, K
         if line.contains("->") {
             continue; // a waiter, not a holder
         }
-        let l = parse_lock_line(line).ok_or_else(|| parse_err(path, line, "lock line"))?;
+        // Lines of other processes may be of kinds this parser does not know:
+        // only an unparsable line cannot be attributed, so it is skipped.
+        let Some(l) = parse_lock_line(line) else {
+            continue;
+        };
         if l.pid == i64::from(pid) && !held.iter().any(|h| h.line == l) {
             held.push(HeldLock {
                 path: path_of(l.file),

@@ -15,7 +15,9 @@
 //! of the cgo build (and on none of the static one's), glibc mapped (cgo) or
 //! not (static), and the cgo resolver (Go's own `netdns=2` report).
 //!
-//! Then `durableclient` loads it for 3 s and checks every acknowledged write;
+//! Then `durableclient` loads it for 3 s (a snapshot taken in the middle must
+//! read every thread's rseq and leave no thread stopped or traced, with no
+//! operation failing) and checks every acknowledged write;
 //! a second snapshot must not differ from the first in the stable parts (the
 //! promised fds, file-backed mappings, threads present in both); writing the
 //! config file (inotify -> reload) must show in the diff as exactly the admin
@@ -35,7 +37,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cs_tests::fixture::{fixture_bin, run_client, temp_dir, ClientRun, GoToolchain, Service};
+use cs_tests::fixture::{
+    fixture_bin, run_client, temp_dir, Client, ClientRun, GoToolchain, Service,
+};
 use cs_tests::kstate::{diff, FdDetail, FdKind, LockKind, Snapshot, SockType};
 use serde_json::Value;
 
@@ -454,22 +458,42 @@ fn durable_fixture(tc: GoToolchain, cgo: bool) {
     let client = fixture_bin(tc, "durableclient");
     let hist = dir.path().join("h.jsonl");
     let h = hist.to_str().expect("utf-8 path");
-    let load = run_client(
-        &client,
-        &[
-            "-addr",
-            &addr,
-            "-conns",
-            "4",
-            "-duration",
-            LOAD,
-            "-history",
-            h,
-            "-quiet",
-        ],
-        CLIENT_TIMEOUT,
-    )
-    .expect("durableclient load run");
+    let mut cmd = Command::new(&client);
+    cmd.args([
+        "-addr",
+        &addr,
+        "-conns",
+        "4",
+        "-duration",
+        LOAD,
+        "-history",
+        h,
+        "-quiet",
+    ]);
+    let running = Client::spawn(cmd).expect("start durableclient");
+    // A snapshot in the middle of the load: every thread's rseq is read (Go
+    // preempts with SIGURG: a thread may be caught in a signal stop, which
+    // the detach must hand back), and the store serves on without an error.
+    std::thread::sleep(Duration::from_millis(1000));
+    let mid = Snapshot::take(pid).unwrap_or_else(|e| panic!("{variant}: snapshot under load: {e}"));
+    for (tid, t) in &mid.threads {
+        match &t.rseq {
+            Ok(r) => assert_eq!(
+                r.registered(),
+                cgo,
+                "{variant}: thread {tid} under load: {r}"
+            ),
+            Err(e) => panic!("{variant}: thread {tid} under load: rseq not read: {e}"),
+        }
+    }
+    assert!(
+        cs_tests::procs::unhealthy_threads(pid).is_some_and(|b| b.is_empty()),
+        "{variant}: threads left stopped or traced after the snapshot: {:?}",
+        cs_tests::procs::unhealthy_threads(pid)
+    );
+    let load = running
+        .wait(CLIENT_TIMEOUT)
+        .expect("durableclient load run");
     let sum = clean(&load);
     assert!(
         sum["ops"].as_u64().unwrap_or(0) > 0 && sum["errors"] == 0 && sum["wrong"] == 0,

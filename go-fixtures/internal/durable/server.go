@@ -104,7 +104,7 @@ type Server struct {
 	commitCh   chan *putReq
 	commitQuit chan struct{}
 	commitDone chan struct{}
-	committing bool // the committer goroutine runs
+	committing bool              // the committer goroutine runs
 	lastSeq    map[uint64]uint64 // committer only (and replay before it starts)
 
 	lmu       sync.Mutex
