@@ -4,7 +4,9 @@
 #   go-fixtures/build/go1.27.3/   (go.mod, `go 1.27`: current GODEBUG defaults)
 #   go-fixtures/build/go1.19.8/   (go119.mod, `go 1.19`)
 # Binaries: lockserver lockclient mrcoord mrworker mrclient kvstore kvclient
-# blocker dirtier.
+# blocker dirtier durable durableclient, plus durable-cgo: the durable store
+# built with CGO_ENABLED=1 -tags netcgo (dynamically linked against glibc, cgo
+# resolver), next to its static twin `durable`.
 # Idempotent and fast when nothing changed (go's build cache; unchanged
 # binaries are not rewritten). Safe to run concurrently (flock).
 # Prints the build folder (go-fixtures/build, absolute) on stdout.
@@ -47,6 +49,12 @@ while read -r name goroot modfile; do
   # GOFLAGS cleared so a caller's setting cannot change the binaries.
   CGO_ENABLED=0 GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
     "$goroot/bin/go" build -modfile="$modfile" -trimpath -buildvcs=false -o "$out/.new-$name/" ./cmd/...
+  # The cgo twin of the durable store: glibc's pthread_create makes every
+  # thread (so glibc registers rseq on each), os/user and the resolver
+  # (netcgo) go through glibc.
+  CGO_ENABLED=1 GOFLAGS= GOTOOLCHAIN=local GOPROXY=off \
+    "$goroot/bin/go" build -modfile="$modfile" -trimpath -buildvcs=false -tags netcgo \
+    -o "$out/.new-$name/durable-cgo" ./cmd/durable
   # Only binaries that changed replace the old ones: `go build -o` rewrites every
   # file, and a new mtime makes restore refuse images of programs started from the
   # old one (the executable's identity check), e.g. a benchmark running meanwhile.

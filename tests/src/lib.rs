@@ -6,4 +6,5 @@ pub mod check;
 pub mod driver;
 pub mod fixture;
 pub mod image_edit;
+pub mod kstate;
 pub mod procs;
