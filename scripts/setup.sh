@@ -11,6 +11,7 @@ need_apt=()
 [ -x "$CS_GO119/bin/go" ] || need_apt+=(golang-go)
 # ss(8) (iproute2) reclaims listening ports from TIME_WAIT connections on restore.
 command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)  # the durable fixture's cgo build
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   apt-get update -qq
