@@ -932,7 +932,19 @@ pub fn read_image(file: &File, path: &str) -> Result<Decoded, ImageError> {
 /// Reads and fully verifies one epoch file, full or delta.
 pub fn read_image_any(file: &File, path: &str) -> Result<Decoded, ImageError> {
     let map = Mapped::new(file, path)?;
-    let bytes = map.bytes();
+    let (epoch, runs, stats) = decode(map.bytes(), path)?;
+    Ok(Decoded {
+        epoch,
+        pages: ImagePages { map, runs },
+        stats,
+    })
+}
+
+/// Decodes and fully verifies one epoch's bytes (`path` names them in errors):
+/// the epoch, its raw page runs (`offset` = byte offset of a run's data in
+/// `bytes`) and sizes. Nothing is returned unless every frame, checksum and the
+/// commit verify.
+pub fn decode(bytes: &[u8], path: &str) -> Result<(Epoch, Vec<PageRun>, ImageStats), ImageError> {
     let frame_err = |offset: usize, source: cf::Error| ImageError::Frame {
         path: path.into(),
         offset: offset as u64,
@@ -1099,11 +1111,7 @@ pub fn read_image_any(file: &File, path: &str) -> Result<Decoded, ImageError> {
             t.creds = c;
         }
     }
-    Ok(Decoded {
-        epoch: e,
-        pages: ImagePages { map, runs },
-        stats,
-    })
+    Ok((e, runs, stats))
 }
 
 fn thread_from(t: &cf::ThreadState<'_>) -> Thread {
