@@ -42,8 +42,13 @@ pub enum CaptureError {
     Unrestorable { pid: i32, items: Vec<String> },
     #[error("chain check of process {pid} (CS_TEST_VERIFY_CHAIN): {detail}")]
     ChainMismatch { pid: i32, detail: String },
-    #[error("process {pid} cannot be captured now: {detail}")]
-    Busy { pid: i32, detail: String },
+    #[error("process {pid} cannot be captured now: {source}")]
+    Busy {
+        pid: i32,
+        source: crate::lock::LockError,
+    },
+    #[error("process {pid} cannot be captured now: it is traced by pid {tracer} ({comm}); detach the debugger, tracer or other driver first")]
+    Traced { pid: i32, tracer: i32, comm: String },
     #[error("{0}")]
     Cancelled(#[from] crate::cancel::Cancelled),
     #[error("thread {tid}: XSAVE area is {got} bytes, expected {want}")]

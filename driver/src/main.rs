@@ -19,6 +19,11 @@ use cs_driver::{capture, image, image::inspect, restore, restore::lazy, run};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// More detail: `-v` logs each step (and `inspect` lists every VMA and fd),
+    /// `-vv` everything. `RUST_LOG` (e.g. `RUST_LOG=cs_driver::capture=trace`)
+    /// overrides the level.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,10 +113,27 @@ enum Cmd {
     Inspect {
         /// Image written by `dump`, or a folder written by `checkpoint`.
         image: PathBuf,
-        /// Also list every VMA and fd.
-        #[arg(short, long)]
-        verbose: bool,
     },
+}
+
+/// Logs of the driver library go to stderr: info and up by default (`-v`: debug,
+/// `-vv`: trace), or what `RUST_LOG` says.
+fn init_logs(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,cs_driver={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 0)
+        .without_time()
+        .with_ansi(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -120,6 +142,7 @@ fn main() -> ExitCode {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let cli = Cli::parse();
+    init_logs(cli.verbose);
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -184,6 +207,7 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verbose = cli.verbose;
     match cli.cmd {
         Cmd::Run { argv } => {
             catch_signals();
@@ -346,10 +370,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(code)
         }
-        Cmd::Inspect {
-            image: path,
-            verbose,
-        } => {
+        Cmd::Inspect { image: path } => {
+            let verbose = verbose > 0;
             if path.is_dir() {
                 return inspect_folder(&path);
             }

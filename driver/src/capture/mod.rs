@@ -223,12 +223,10 @@ fn refuse_traced(pid: i32) -> Result<(), CaptureError> {
         .unwrap_or(0);
     if tracer != 0 {
         let comm = fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
-        return Err(CaptureError::Busy {
+        return Err(CaptureError::Traced {
             pid,
-            detail: format!(
-                "it is traced by pid {tracer} ({}); detach the debugger, tracer or other driver first",
-                comm.trim()
-            ),
+            tracer,
+            comm: comm.trim().to_string(),
         });
     }
     Ok(())
@@ -337,14 +335,13 @@ impl Queried {
 /// ([`crate::capture::refuse`]). Nothing in the program is changed here.
 pub fn attach(pid: i32) -> Result<Attached, CaptureError> {
     let lock = ProgramLock::acquire(pid, Role::Dump, crate::lock::FILL_WAIT, &mut |holder| {
-        eprintln!(
-            "cs-driver: process {pid} is being restored by cs-driver pid {holder}; waiting until its memory is filled"
+        tracing::info!(
+            pid,
+            holder,
+            "process {pid} is being restored by cs-driver pid {holder}; waiting until its memory is filled"
         )
     })
-    .map_err(|e| CaptureError::Busy {
-        pid,
-        detail: e.to_string(),
-    })?;
+    .map_err(|source| CaptureError::Busy { pid, source })?;
     refuse_traced(pid)?;
     let status = procfs::read_status(pid)?;
     let ns_pid = *status.ns_pid.last().ok_or_else(|| CaptureError::Proc {

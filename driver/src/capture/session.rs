@@ -257,6 +257,15 @@ impl Session {
         }
         frozen.resume();
         c.times.pause = at.elapsed();
+        tracing::debug!(
+            pid,
+            epoch = c.epoch.number,
+            pause_us = c.times.pause.as_micros() as u64,
+            staged_pages = c.times.staged_pages,
+            paused_pages = c.times.paused_pages,
+            new_mappings = c.new_mappings.len(),
+            "epoch captured"
+        );
         // After the resume (an epoch never kills, so a refusal only stops the
         // session): no epoch that restore would refuse is written.
         crate::capture::refuse::captured(&c)?;

@@ -349,9 +349,10 @@ impl Drop for ImageOut {
     }
 }
 
-/// Not `ErrorKind::Interrupted`: `write_all` would retry that forever.
+/// Not `ErrorKind::Interrupted`: `write_all` would retry that forever. The
+/// typed error rides inside (`get_ref` downcasts to it).
 fn cancelled(e: crate::cancel::Cancelled) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    std::io::Error::other(e)
 }
 
 /// Removes `PREFIX<pid>` files in `dir` whose driver is gone.

@@ -415,7 +415,7 @@ impl LazyFill {
         let lock = match ProgramLock::acquire(host_pid, Role::Fill, Duration::ZERO, &mut |_| {}) {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!("cs-driver: warning: {e}");
+                tracing::warn!(pid = host_pid, "no fill lock on the restored program: {e}");
                 None
             }
         };

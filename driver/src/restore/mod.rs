@@ -97,6 +97,8 @@ pub enum RestoreError {
     Privilege(String),
     #[error("finishing the threads: {0}")]
     Finish(#[from] CaptureError),
+    #[error("reading the driver's own maps (for the vDSO layout): {0}")]
+    OwnMaps(CaptureError),
     #[error("the page source holds no data for the page run at {addr:#x}")]
     PageSource { addr: u64 },
     #[error("writing the epoch's metadata for the stub: {0}")]
@@ -239,10 +241,7 @@ fn precheck_layout(plan: &Epoch) -> Result<(), RestoreError> {
         v
     };
     let image = special(&mut plan.vmas.iter().map(|v| (v.kind.clone(), v.start, v.end)));
-    let own = procfs::read_maps(std::process::id() as i32).map_err(|e| RestoreError::Sys {
-        op: "reading our own maps".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let own = procfs::read_maps(std::process::id() as i32).map_err(RestoreError::OwnMaps)?;
     let host = special(&mut own.iter().map(|m| {
         let k = match m.name.as_str() {
             "[vdso]" => VmaKind::Vdso,
@@ -1402,7 +1401,10 @@ fn finish_threads(
     }
     if let Some(fd) = exe_fd {
         if let Err(e) = set_exe(host_pid, main, &regs, plan, fd, &deferred) {
-            eprintln!("cs-driver: warning: /proc/{host_pid}/exe still names the restore stub: {e}");
+            tracing::warn!(
+                pid = host_pid,
+                "/proc/{host_pid}/exe still names the restore stub: {e}"
+            );
         }
     }
     // After the steps that need privileges (they may be dropped here), before
