@@ -172,3 +172,29 @@ fn restore_of_an_unchanged_copy_still_works() {
     );
     cs_tests::fixture::wait_until_accepting(&addr, Duration::from_secs(10)).expect("serving");
 }
+
+/// An image whose recorded vDSO function table is not this kernel's (here: one
+/// bit of the recorded digest flipped, the image re-sealed) is refused before
+/// anything starts: a Go program keeps its vDSO function addresses.
+#[test]
+fn restore_refuses_an_image_whose_vdso_functions_differ() {
+    use cs_tests::image_edit::ImageFrames;
+    let (_dir, exe, image, addr) = dumped_copy("vdso-digest");
+    let ours = cs_driver::linux::vdso::digest(&cs_driver::linux::vdso::own().expect("own vDSO"));
+    let bytes = std::fs::read(&image).expect("read image");
+    let mut frames = ImageFrames::parse(&bytes).expect("parse");
+    let i = frames.indices(core_format::FrameKind::MappedFiles)[0];
+    let payload = &mut frames.frames[i].payload;
+    let at = payload
+        .windows(16)
+        .position(|w| w == ours)
+        .expect("the image records this kernel's vDSO digest");
+    payload[at] ^= 0x01;
+    std::fs::write(&image, frames.to_bytes().expect("re-seal")).expect("write");
+    let out = cs(&["restore", image.to_str().expect("utf-8"), "--detach"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restored:\n{err}");
+    assert!(err.contains("vDSO's functions differ"), "{err}");
+    assert!(running(&exe).is_empty(), "a process runs after the refusal");
+    assert!(std::net::TcpStream::connect(&addr).is_err());
+}

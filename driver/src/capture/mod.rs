@@ -373,12 +373,27 @@ pub fn attach(pid: i32) -> Result<Attached, CaptureError> {
     let maps_before = procfs::read_maps(pid)?;
     // What restore would refuse is refused now, before the program is touched.
     crate::capture::refuse::before_freeze(pid, pidfd.as_raw_fd(), &maps_before)?;
-    let mapped_files = crate::capture::identity::read_mapped(pid, &maps_before)?;
+    let mut mapped_files = crate::capture::identity::read_mapped(pid, &maps_before)?;
     // The vDSO does not move: its place is taken from the read before the freeze.
     let vdso = maps_before
         .iter()
         .find(|m| m.name == "[vdso]")
         .map(|m| (m.start, m.end));
+    // Its function table, for restore to compare with its kernel's (linux::vdso).
+    if let Some((start, end)) = vdso {
+        match crate::linux::vdso::of_process(pid, start, end) {
+            Ok(syms) => mapped_files.push(crate::capture::identity::FileIdentity {
+                path: crate::linux::vdso::VDSO_ENTRY.to_vec(),
+                dev: 0,
+                ino: 0,
+                size: syms.len() as u64,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                hash: Some(crate::linux::vdso::digest(&syms)),
+            }),
+            Err(e) => tracing::warn!(pid, "the vDSO's symbols are not recorded: {e}"),
+        }
+    }
     Ok(Attached {
         pid,
         ns_pid,

@@ -68,6 +68,15 @@ pub enum RestoreError {
     },
     #[error("vDSO layout differs: image has {image}, this kernel has {host}")]
     VdsoMismatch { image: String, host: String },
+    #[error("the vDSO's functions differ from the image's ({image} functions recorded on kernel {image_kernel}; this kernel {host_kernel} has {host}, digest differs): the program keeps its vDSO function addresses, so it cannot run on this kernel's vDSO")]
+    VdsoSymbols {
+        image: u64,
+        host: usize,
+        image_kernel: String,
+        host_kernel: String,
+    },
+    #[error("reading this kernel's vDSO: {0}")]
+    Vdso(#[from] crate::linux::vdso::VdsoError),
     #[error("fd {fd}: {detail}")]
     Fd { fd: i32, detail: String },
     #[error("{path} (mapped at {start:#x}) cannot be opened: {source}")]
@@ -200,6 +209,30 @@ pub fn check_cpu(plan: &Epoch) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The vDSO functions recorded at the dump (a digest, see [`crate::linux::vdso`])
+/// must sit where this kernel's vDSO has them. Images without the record (older
+/// format writers) are not checked.
+fn check_vdso_symbols(plan: &Epoch) -> Result<(), RestoreError> {
+    use crate::linux::vdso;
+    let Some(rec) = plan.files.iter().find(|f| f.path == vdso::VDSO_ENTRY) else {
+        return Ok(());
+    };
+    let ours = vdso::own()?;
+    if rec.hash != Some(vdso::digest(&ours)) {
+        let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        return Err(RestoreError::VdsoSymbols {
+            image: rec.size,
+            host: ours.len(),
+            image_kernel: String::from_utf8_lossy(&plan.process.kernel_release).into_owned(),
+            host_kernel,
+        });
+    }
+    Ok(())
+}
+
 fn precheck_layout(plan: &Epoch) -> Result<(), RestoreError> {
     // Every file the program had mapped must still be there (the stub maps them by path).
     for v in &plan.vmas {
@@ -226,6 +259,7 @@ fn precheck_layout(plan: &Epoch) -> Result<(), RestoreError> {
             });
         }
     }
+    check_vdso_symbols(plan)?;
     // The vDSO block is remapped whole; the sizes of its parts must match ours.
     let describe = |v: &[(VmaKind, u64)]| {
         v.iter()
