@@ -70,8 +70,7 @@ pub fn lock_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CS_LOCK_DIR") {
         return PathBuf::from(d);
     }
-    // SAFETY: geteuid(2) has no arguments and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::linux::sys::euid();
     if uid == 0 {
         PathBuf::from("/run/checksync")
     } else {

@@ -139,8 +139,7 @@ fn init_logs(verbose: u8) {
 fn main() -> ExitCode {
     // Children of our children (the restored program's namespace init) are reaped by
     // us, not by the machine's slow init.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_child_subreaper(true);
     let cli = Cli::parse();
     init_logs(cli.verbose);
     match dispatch(cli) {
@@ -197,8 +196,7 @@ fn forward_to(pid: i32) {
     FORWARD_TO.store(pid, Ordering::SeqCst);
     let early = EARLY.swap(0, Ordering::SeqCst);
     if early != 0 {
-        // SAFETY: kill(2) with integers.
-        unsafe { libc::kill(pid, early) };
+        let _ = cs_driver::linux::sys::kill(pid, early);
     }
 }
 

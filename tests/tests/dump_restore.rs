@@ -141,10 +141,21 @@ fn dump_and_restore(tc: GoToolchain, fill: Fill) {
     } else {
         &[]
     };
-    // The mappings are read the moment the program is released: it may grow its
-    // heap soon after (with lazy filling the command returns later).
-    let (restored, maps_after) =
-        driver::restore_detached_then(&image, dir.path(), extra, program_maps).expect("restore");
+    // The mappings are read while the program is held stopped at its release
+    // (it may grow its heap at once once it runs), then it is let go.
+    let (restored, maps_after) = driver::restore_detached_env(
+        &image,
+        dir.path(),
+        extra,
+        &[("CS_TEST_RELEASE_STOPPED", "1")],
+        |pid| {
+            let m = program_maps(pid);
+            // SAFETY: kill(2) with integers, on the process this test restored.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            m
+        },
+    )
+    .expect("restore");
     let restore_done = t.elapsed();
     // The path asked for is the one taken.
     let lazily = restored.driver_stderr.contains("every page of pid");

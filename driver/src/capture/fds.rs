@@ -322,16 +322,7 @@ fn socket_kind(pidfd: RawFd, fd: i32, somaxconn: u32) -> Result<FdKind, String> 
 /// Copies the bytes buffered in a pipe without consuming them (`tee` into a scratch pipe).
 fn pipe_contents(pidfd: RawFd, fd: i32) -> Result<Vec<u8>, String> {
     let copy = sys::pidfd_getfd(pidfd, fd).map_err(|e| format!("pidfd_getfd: {e}"))?;
-    let mut p = [0 as libc::c_int; 2];
-    // SAFETY: `p` is a live array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-        return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: pipe2 just created these fds; we own them.
-    let (r, w) = unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
-    };
+    let (r, w) = sys::pipe(true).map_err(|e| format!("pipe2: {e}"))?;
     // Room for a whole default pipe buffer and more.
     // SAFETY: fcntl with integer arguments.
     unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };

@@ -143,8 +143,7 @@ impl Frozen {
     /// collects the exit of every thread: threads that die while traced stay
     /// zombies until their tracer reaps them, and so would the whole process.
     pub fn kill(mut self) {
-        // SAFETY: kill(2) with a pid and a signal number touches no memory.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = sys::kill(self.pid, libc::SIGKILL);
         self.released = true;
         // The leader's exit is reported only once every other thread is gone.
         let mut order: Vec<i32> = self

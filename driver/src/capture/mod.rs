@@ -19,7 +19,7 @@ pub mod session;
 pub mod track;
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
@@ -185,13 +185,10 @@ impl Held {
             pause = self.frozen_at.elapsed();
             // Wait until it is really gone (its sockets closed), so a restore that
             // follows at once can bind the same addresses.
-            let mut pfd = libc::pollfd {
-                fd: self.attached.as_ref().map_or(-1, |a| a.pidfd.as_raw_fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll(2) on one live pollfd; a pidfd turns readable at exit.
-            unsafe { libc::poll(&mut pfd, 1, 10_000) };
+            // A pidfd turns readable at exit.
+            if let Some(a) = self.attached.as_ref() {
+                let _ = sys::wait_readable(a.pidfd.as_fd(), 10_000);
+            }
         } else {
             pause = self.frozen_at.elapsed();
         }
@@ -1541,13 +1538,7 @@ fn read_rlimits(pid: i32) -> Vec<Rlimit> {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `ts`.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    sys::clock_ns(clock) as u64
 }
 
 /// The target's CLOCK_MONOTONIC and CLOCK_BOOTTIME: ours plus its time namespace offsets.

@@ -147,11 +147,19 @@ const NT_X86_XSTATE: usize = 0x202;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 
+// `nix` where its types cover the request; the raw call for requests that carry
+// a signal (`nix`'s `Signal` cannot name real-time signals, which a program may
+// have pending) and for register sets (`NT_X86_XSTATE`, our `UserRegs` layout).
+fn pid(tid: i32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(tid)
+}
+
 pub fn ptrace_seize(tid: i32, options: usize) -> io::Result<()> {
-    ptrace_raw(libc::PTRACE_SEIZE, tid, 0, options).map(drop)
+    let opts = nix::sys::ptrace::Options::from_bits_truncate(options as libc::c_int);
+    nix::sys::ptrace::seize(pid(tid), opts).map_err(io::Error::from)
 }
 pub fn ptrace_interrupt(tid: i32) -> io::Result<()> {
-    ptrace_raw(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+    nix::sys::ptrace::interrupt(pid(tid)).map_err(io::Error::from)
 }
 pub fn ptrace_cont(tid: i32, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
@@ -163,14 +171,9 @@ pub fn ptrace_detach(tid: i32, sig: i32) -> io::Result<()> {
     ptrace_raw(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
 }
 pub fn ptrace_geteventmsg(tid: i32) -> io::Result<u64> {
-    let mut msg: libc::c_ulong = 0;
-    ptrace_raw(
-        libc::PTRACE_GETEVENTMSG,
-        tid,
-        0,
-        &mut msg as *mut _ as usize,
-    )?;
-    Ok(msg)
+    nix::sys::ptrace::getevent(pid(tid))
+        .map(|m| m as u64)
+        .map_err(io::Error::from)
 }
 
 pub fn ptrace_getregs(tid: i32) -> io::Result<UserRegs> {
@@ -277,6 +280,69 @@ pub fn waitpid(pid: i32, nohang: bool) -> io::Result<Option<WaitStatus>> {
             WaitStatus::Stopped(rc, libc::WSTOPSIG(s), (s >> 16) & 0xff)
         }));
     }
+}
+
+/// Sends `sig` to process `pid` (`nix`; a real-time signal, which `nix`'s
+/// `Signal` cannot name, by the raw call).
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    use nix::sys::signal::Signal;
+    match Signal::try_from(sig) {
+        Ok(s) => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s).map_err(io::Error::from)
+        }
+        Err(_) => {
+            // SAFETY: kill(2) takes two integers and touches no memory of ours.
+            check(unsafe { libc::kill(pid, sig) } as libc::c_long).map(drop)
+        }
+    }
+}
+
+/// Waits up to `timeout_ms` for `fd` to turn readable; whether it did.
+pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: u16) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, timeout_ms) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `clock`'s time in ns (`nix`).
+pub fn clock_ns(clock: libc::clockid_t) -> i128 {
+    nix::time::clock_gettime(nix::time::ClockId::from_raw(clock)).map_or(0, |t| {
+        t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128
+    })
+}
+
+/// A pipe (read end, write end) with `O_CLOEXEC` and the extra `flags` (`nix`).
+pub fn pipe(nonblock: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let mut flags = OFlag::O_CLOEXEC;
+    if nonblock {
+        flags |= OFlag::O_NONBLOCK;
+    }
+    nix::unistd::pipe2(flags).map_err(io::Error::from)
+}
+
+/// A close-on-exec stream socket, TCP or MPTCP (`nix` has no MPTCP protocol).
+pub fn stream_socket(v6: bool, mptcp: bool) -> io::Result<OwnedFd> {
+    const IPPROTO_MPTCP: libc::c_int = 262;
+    let dom = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    let proto = if mptcp { IPPROTO_MPTCP } else { 0 };
+    // SAFETY: socket(2) with integer arguments.
+    let fd = check(
+        unsafe { libc::socket(dom, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, proto) } as libc::c_long,
+    )? as RawFd;
+    // SAFETY: the kernel just returned this new fd; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The effective uid (`nix`).
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Sends `sig` to thread `tid` of process `pid`.

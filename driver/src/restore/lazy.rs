@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -319,14 +319,10 @@ impl Shared {
         let fd = self.uffd.as_raw_fd();
         let mut msgs = [0u8; uffd::UFFD_MSG_LEN * 64];
         loop {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll(2) on one live pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, 10) };
-            if rc == 0 {
+            let ready = sys::wait_readable(self.uffd.as_fd(), 10).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("poll on the userfaultfd: {e}"))
+            })?;
+            if !ready {
                 if self.filled.load(Ordering::Acquire) {
                     return Ok(());
                 }
@@ -492,8 +488,7 @@ fn run(
     };
     if result.is_err() {
         // Pages are missing: the program must not run on with zeros in their place.
-        // SAFETY: kill(2) with integers.
-        unsafe { libc::kill(host_pid, libc::SIGKILL) };
+        let _ = sys::kill(host_pid, libc::SIGKILL);
     }
     // Unregister (last reference), then let the namespace init stand down.
     drop(shared);

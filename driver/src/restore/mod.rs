@@ -174,8 +174,7 @@ pub fn check_privileges() -> Result<(), RestoreError> {
     if missing.is_empty() {
         return Ok(());
     }
-    // SAFETY: geteuid(2) has no arguments and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = sys::euid();
     Err(RestoreError::Privilege(format!(
         "restore must run as root: it creates pid and time namespaces, gives threads their old ids and sets the program's memory layout (CAP_SYS_ADMIN); this driver runs as uid {uid} without {}",
         missing.join(", ")
@@ -339,10 +338,7 @@ fn own(fd: RawFd) -> OwnedFd {
 
 /// A close-on-exec pipe (read end, write end).
 fn pipe_cloexec(op: &str) -> Result<(OwnedFd, OwnedFd), RestoreError> {
-    let mut p = [0 as libc::c_int; 2];
-    // SAFETY: `p` is a live array of two ints for pipe2 to fill.
-    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, op)?;
-    Ok((own(p[0]), own(p[1])))
+    sys::pipe(false).map_err(sys_err(op))
 }
 
 /// Moves `fd` to a number >= `floor` (close-on-exec) and returns it.
@@ -368,39 +364,16 @@ fn sockaddr_for(
     family: SockFamily,
     addr: &[u8],
     port: u16,
-) -> Result<(libc::sockaddr_storage, libc::socklen_t), String> {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match family {
-        SockFamily::Inet => {
-            let a: [u8; 4] = addr
-                .try_into()
-                .map_err(|_| format!("IPv4 address of {} bytes", addr.len()))?;
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = port.to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a);
-            Ok((
-                ss,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ))
-        }
-        SockFamily::Inet6 => {
-            let a: [u8; 16] = addr
-                .try_into()
-                .map_err(|_| format!("IPv6 address of {} bytes", addr.len()))?;
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = port.to_be();
-            sin6.sin6_addr.s6_addr = a;
-            Ok((
-                ss,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            ))
-        }
-    }
+) -> Result<nix::sys::socket::SockaddrStorage, String> {
+    let ip: std::net::IpAddr = match family {
+        SockFamily::Inet => <[u8; 4]>::try_from(addr)
+            .map_err(|_| format!("IPv4 address of {} bytes", addr.len()))?
+            .into(),
+        SockFamily::Inet6 => <[u8; 16]>::try_from(addr)
+            .map_err(|_| format!("IPv6 address of {} bytes", addr.len()))?
+            .into(),
+    };
+    Ok(std::net::SocketAddr::new(ip, port).into())
 }
 
 /// A listening socket on the checkpointed address. A listener without SO_REUSEADDR
@@ -465,117 +438,60 @@ fn listen_tcp(
     backlog: u32,
     reuseaddr: bool,
 ) -> Result<OwnedFd, (String, Option<i32>)> {
-    let dom = if family == SockFamily::Inet {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    let proto = if mptcp { 262 } else { 0 };
-    // SAFETY: socket(2) with integer arguments.
-    let fd = unsafe { libc::socket(dom, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err((
+    use nix::sys::socket::{bind, listen, setsockopt, sockopt, Backlog};
+    let errno = |e: nix::errno::Errno| Some(e as i32);
+    let fd = sys::stream_socket(family == SockFamily::Inet6, mptcp).map_err(|e| {
+        (
             format!("socket({}): {e}", if mptcp { "MPTCP" } else { "TCP" }),
             e.raw_os_error(),
-        ));
-    }
-    let fd = own(fd);
-    let one: libc::c_int = i32::from(reuseaddr);
-    // SAFETY: `one` is a live c_int for the option value.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
-            4,
         )
-    };
-    let (ss, len) = sockaddr_for(family, addr, port).map_err(|e| (e, None))?;
-    // SAFETY: `ss` holds a valid address of `len` bytes.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &ss as *const _ as *const libc::sockaddr,
-            len,
-        )
-    } < 0
-    {
-        let e = std::io::Error::last_os_error();
-        return Err((format!("bind to port {port}: {e}"), e.raw_os_error()));
-    }
-    // SAFETY: listen(2) with integers.
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err((format!("listen on port {port}: {e}"), e.raw_os_error()));
-    }
+    })?;
+    setsockopt(&fd, sockopt::ReuseAddr, &reuseaddr)
+        .map_err(|e| (format!("SO_REUSEADDR: {e}"), errno(e)))?;
+    let sa = sockaddr_for(family, addr, port).map_err(|e| (e, None))?;
+    bind(fd.as_raw_fd(), &sa).map_err(|e| (format!("bind to port {port}: {e}"), errno(e)))?;
+    let backlog = Backlog::new(backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
+    listen(&fd, backlog).map_err(|e| (format!("listen on port {port}: {e}"), errno(e)))?;
     Ok(fd)
 }
 
 fn listen_unix(path: &[u8], sock_type: i32) -> Result<OwnedFd, String> {
-    // SAFETY: socket(2) with integer arguments.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, sock_type | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "socket(AF_UNIX): {}",
-            std::io::Error::last_os_error()
-        ));
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let ty = SockType::try_from(sock_type).map_err(|e| format!("socket type {sock_type}: {e}"))?;
+    let fd = socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket(AF_UNIX): {e}"))?;
+    let addr = match path.strip_prefix(&[0u8][..]) {
+        Some(abstract_name) => UnixAddr::new_abstract(abstract_name),
+        None => {
+            // A stale socket file from the original process would make bind fail.
+            let p = std::ffi::OsStr::from_bytes(path);
+            let _ = std::fs::remove_file(p);
+            UnixAddr::new(p)
+        }
     }
-    let fd = own(fd);
-    // SAFETY: sockaddr_un is plain data; all-zero is valid.
-    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if path.len() >= sun.sun_path.len() {
-        return Err("unix socket path too long".into());
-    }
-    for (d, s) in sun.sun_path.iter_mut().zip(path) {
-        *d = *s as libc::c_char;
-    }
-    if path.first() != Some(&0) {
-        // A stale socket file from the original process would make bind fail.
-        let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
-    }
-    let len = (2 + path.len()) as libc::socklen_t;
-    // SAFETY: `sun` holds a valid address of `len` bytes.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sun as *const _ as *const libc::sockaddr,
-            len,
-        )
-    } < 0
-    {
-        return Err(format!(
-            "bind to {}: {}",
-            String::from_utf8_lossy(path),
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: listen(2) with integers.
-    if unsafe { libc::listen(fd.as_raw_fd(), 4096) } < 0 {
-        return Err(format!("listen: {}", std::io::Error::last_os_error()));
-    }
+    .map_err(|e| format!("unix socket address {}: {e}", String::from_utf8_lossy(path)))?;
+    bind(fd.as_raw_fd(), &addr)
+        .map_err(|e| format!("bind to {}: {e}", String::from_utf8_lossy(path)))?;
+    listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| format!("listen on {}: {e}", String::from_utf8_lossy(path)))?;
     Ok(fd)
 }
 
-/// A connected socket whose peer is gone: the program sees end-of-file and reconnects.
+/// A connected socket whose peer is gone: what a connection to the outside comes
+/// back as (reads EOF, writes fail).
 fn dead_socket() -> Result<OwnedFd, String> {
-    let mut sv = [0 as libc::c_int; 2];
-    // SAFETY: `sv` is a live array of two ints.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
-    }
-    drop(own(sv[1]));
-    Ok(own(sv[0]))
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    drop(b);
+    Ok(a)
 }
 
 /// Creates every fd object the program had, at numbers above all of its own.
@@ -718,13 +634,7 @@ fn stub_path(opts: &RestoreOptions) -> Result<PathBuf, RestoreError> {
 }
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    sys::clock_ns(clock)
 }
 
 fn offset_line(clock_id: i32, off_ns: i128) -> String {
@@ -977,8 +887,8 @@ pub fn restore(
         match started {
             Ok(l) => lazy_fill = l,
             Err(e) => {
-                // SAFETY: kill(2) with integers: the half-restored program must not run.
-                unsafe { libc::kill(host, libc::SIGKILL) };
+                // The half-restored program must not run.
+                let _ = sys::kill(host, libc::SIGKILL);
                 drop(done_w);
                 let _ = sys::waitpid(init_pid, false);
                 return Err(e);
@@ -1009,8 +919,8 @@ pub fn restore(
     let exe_in_target = exe_fd.as_ref().map(|f| f.as_raw_fd());
     drop(exe_fd);
     if let Err(e) = finish_threads(host_pid, &report, plan, exe_in_target) {
-        // SAFETY: kill(2) with integers: the half-restored program must not run.
-        unsafe { libc::kill(host_pid, libc::SIGKILL) };
+        // The half-restored program must not run.
+        let _ = sys::kill(host_pid, libc::SIGKILL);
         drop(done_w.take());
         let _ = sys::waitpid(init_pid, false);
         return Err(e.into());
@@ -1449,11 +1359,12 @@ fn finish_threads(
         .find(|v| v.kind == VmaKind::Vdso)
         .map(|v| (v.start, v.end));
     crate::capture::creds::apply(host_pid, &stopped, &plan.creds(), vdso, &deferred)?;
-    if plan.process.stopped {
+    // Test switch `CS_TEST_RELEASE_STOPPED=1`: released stopped, so that a test
+    // can read the restored state before the program changes it (then SIGCONT).
+    if plan.process.stopped || std::env::var_os("CS_TEST_RELEASE_STOPPED").is_some() {
         // Queued while every thread is still traced: each one takes the stop on
         // its way back to user mode, before it runs an instruction.
-        // SAFETY: kill(2) with integers.
-        unsafe { libc::kill(host_pid, libc::SIGSTOP) };
+        let _ = sys::kill(host_pid, libc::SIGSTOP);
     }
     release(&seized);
     deferred.redeliver(host_pid);
