@@ -501,3 +501,48 @@ fn run(
 pub fn signal_done(done: OwnedFd) {
     let _ = File::from(done).write_all(b"D");
 }
+
+/// Copies `pieces` of `pages` into the new process (whose VMAs the stub has
+/// mapped writable), split across cores like the dump's copy.
+pub(super) fn fill_pages(
+    pid: i32,
+    pages: &dyn PageSource,
+    pieces: &[Piece],
+) -> Result<(), RestoreError> {
+    if pieces.is_empty() {
+        return Ok(());
+    }
+    pages.populate();
+    let total: usize = pieces.iter().map(|r| r.len).sum();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let share = total.div_ceil(workers);
+    let mut jobs: Vec<Vec<(&[u8], u64)>> = vec![Vec::new()];
+    let mut acc = 0usize;
+    for p in pieces {
+        let data = p
+            .data(pages)
+            .ok_or(RestoreError::PageSource { addr: p.addr })?;
+        if acc >= share {
+            jobs.push(Vec::new());
+            acc = 0;
+        }
+        jobs.last_mut().expect("one job").push((data, p.addr));
+        acc += p.len;
+    }
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|j| sc.spawn(move || sys::write_remote_vec(pid, j)))
+            .collect();
+        hs.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("copy thread panicked")))
+        })
+    })
+    .map_err(super::sys_err(
+        "writing pages into the new process (process_vm_writev)",
+    ))
+}

@@ -1,0 +1,313 @@
+//! Rebuilding the program's kernel objects in the driver, above every target fd
+//! number: files at their offsets, pipes with their contents, eventfds, epoll sets,
+//! listening and dead sockets. The program's process only `dup3`s them into place.
+
+use super::*;
+
+/// One prepared descriptor: `tmp` (ours, above every target number) goes to `target`.
+#[derive(Debug)]
+pub(super) struct FdMove {
+    pub(super) tmp: OwnedFd,
+    pub(super) target: i32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EpollAdd {
+    pub(super) epfd: i32,
+    pub(super) tfd: i32,
+    pub(super) events: u32,
+    pub(super) data: u64,
+}
+
+pub(super) fn cvt(rc: libc::c_int, op: &str) -> Result<RawFd, RestoreError> {
+    if rc < 0 {
+        Err(last_err(op))
+    } else {
+        Ok(rc)
+    }
+}
+
+pub(super) fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass a descriptor they just created and nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A close-on-exec pipe (read end, write end).
+pub(super) fn pipe_cloexec(op: &str) -> Result<(OwnedFd, OwnedFd), RestoreError> {
+    sys::pipe(false).map_err(sys_err(op))
+}
+
+/// Moves `fd` to a number >= `floor` (close-on-exec) and returns it.
+pub(super) fn lift(fd: OwnedFd, floor: i32) -> Result<OwnedFd, RestoreError> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd; no memory is involved.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    Ok(own(cvt(n, "fcntl(F_DUPFD_CLOEXEC)")?))
+}
+
+pub(super) fn set_status_flags(fd: RawFd, flags: u32) -> Result<(), RestoreError> {
+    let settable =
+        (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME)
+            as u32;
+    // SAFETY: fcntl(F_SETFL) with an integer.
+    cvt(
+        unsafe { libc::fcntl(fd, libc::F_SETFL, (flags & settable) as libc::c_int) },
+        "fcntl(F_SETFL)",
+    )
+    .map(drop)
+}
+
+pub(super) fn sockaddr_for(
+    family: SockFamily,
+    addr: &[u8],
+    port: u16,
+) -> Result<nix::sys::socket::SockaddrStorage, String> {
+    let ip: std::net::IpAddr = match family {
+        SockFamily::Inet => <[u8; 4]>::try_from(addr)
+            .map_err(|_| format!("IPv4 address of {} bytes", addr.len()))?
+            .into(),
+        SockFamily::Inet6 => <[u8; 16]>::try_from(addr)
+            .map_err(|_| format!("IPv6 address of {} bytes", addr.len()))?
+            .into(),
+    };
+    Ok(std::net::SocketAddr::new(ip, port).into())
+}
+
+/// A listening socket on the checkpointed address. A listener without SO_REUSEADDR
+/// (Go sets it; raw `syscall.Socket` users may not) cannot bind while TIME_WAIT
+/// connections of the dead original hold its port: those belong to the program's
+/// previous life, so they are destroyed (`ss -K`, sock_diag SOCK_DESTROY) and the
+/// bind is tried once more.
+pub(super) fn listen_tcp_reclaiming(
+    family: SockFamily,
+    mptcp: bool,
+    addr: &[u8],
+    port: u16,
+    backlog: u32,
+    reuseaddr: bool,
+) -> Result<OwnedFd, String> {
+    let first = match listen_tcp(family, mptcp, addr, port, backlog, reuseaddr) {
+        Err((e, Some(libc::EADDRINUSE))) => e,
+        other => return other.map_err(|(e, _)| e),
+    };
+    // The port is held: by TIME_WAIT sockets of the program's old connections,
+    // or by the listener of a program killed a moment ago (a kill-mode dump), which
+    // the kernel may still be tearing down (an MPTCP listener's subflows go
+    // asynchronously). Destroy TIME_WAIT sockets, and retry for up to 2 s.
+    let filter = format!("sport = :{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut wait = Duration::from_millis(5);
+    loop {
+        let killed = std::process::Command::new("ss")
+            .args(["-K", "-tan", "state", "time-wait", &filter])
+            .output()
+            .map_err(|x| {
+                format!(
+                    "{first}; and `ss -K` to reclaim the port from TIME_WAIT could not run: {x}"
+                )
+            })?;
+        if !killed.status.success() {
+            return Err(format!(
+                "{first}; `ss -K` failed: {}",
+                String::from_utf8_lossy(&killed.stderr)
+            ));
+        }
+        match listen_tcp(family, mptcp, addr, port, backlog, reuseaddr) {
+            Err((e, Some(libc::EADDRINUSE))) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            other => {
+                return other.map_err(|(e2, _)| {
+                    format!("{e2} (even after destroying TIME_WAIT sockets on the port and retrying for 2 s)")
+                })
+            }
+        }
+    }
+}
+
+pub(super) fn listen_tcp(
+    family: SockFamily,
+    mptcp: bool,
+    addr: &[u8],
+    port: u16,
+    backlog: u32,
+    reuseaddr: bool,
+) -> Result<OwnedFd, (String, Option<i32>)> {
+    use nix::sys::socket::{bind, listen, setsockopt, sockopt, Backlog};
+    let errno = |e: nix::errno::Errno| Some(e as i32);
+    let fd = sys::stream_socket(family == SockFamily::Inet6, mptcp).map_err(|e| {
+        (
+            format!("socket({}): {e}", if mptcp { "MPTCP" } else { "TCP" }),
+            e.raw_os_error(),
+        )
+    })?;
+    setsockopt(&fd, sockopt::ReuseAddr, &reuseaddr)
+        .map_err(|e| (format!("SO_REUSEADDR: {e}"), errno(e)))?;
+    let sa = sockaddr_for(family, addr, port).map_err(|e| (e, None))?;
+    bind(fd.as_raw_fd(), &sa).map_err(|e| (format!("bind to port {port}: {e}"), errno(e)))?;
+    let backlog = Backlog::new(backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN);
+    listen(&fd, backlog).map_err(|e| (format!("listen on port {port}: {e}"), errno(e)))?;
+    Ok(fd)
+}
+
+pub(super) fn listen_unix(path: &[u8], sock_type: i32) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let ty = SockType::try_from(sock_type).map_err(|e| format!("socket type {sock_type}: {e}"))?;
+    let fd = socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket(AF_UNIX): {e}"))?;
+    let addr = match path.strip_prefix(&[0u8][..]) {
+        Some(abstract_name) => UnixAddr::new_abstract(abstract_name),
+        None => {
+            // A stale socket file from the original process would make bind fail.
+            let p = std::ffi::OsStr::from_bytes(path);
+            let _ = std::fs::remove_file(p);
+            UnixAddr::new(p)
+        }
+    }
+    .map_err(|e| format!("unix socket address {}: {e}", String::from_utf8_lossy(path)))?;
+    bind(fd.as_raw_fd(), &addr)
+        .map_err(|e| format!("bind to {}: {e}", String::from_utf8_lossy(path)))?;
+    listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| format!("listen on {}: {e}", String::from_utf8_lossy(path)))?;
+    Ok(fd)
+}
+
+/// A connected socket whose peer is gone: what a connection to the outside comes
+/// back as (reads EOF, writes fail).
+pub(super) fn dead_socket() -> Result<OwnedFd, String> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    drop(b);
+    Ok(a)
+}
+
+/// Creates every fd object the program had, at numbers above all of its own.
+pub(super) fn prepare_fds(
+    fds: &[FdCapture],
+    floor: i32,
+) -> Result<(Vec<FdMove>, Vec<EpollAdd>), RestoreError> {
+    let mut moves = Vec::new();
+    let mut adds = Vec::new();
+    let mut pipes: std::collections::HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)> =
+        Default::default();
+    for f in fds {
+        let err = |detail: String| RestoreError::Fd { fd: f.fd, detail };
+        let obj: OwnedFd = match &f.kind {
+            FdKind::Stdio { .. } => continue,
+            FdKind::Regular { path, offset } => {
+                let c = CString::new(path.clone()).map_err(|_| err("path contains NUL".into()))?;
+                let acc = f.status_flags & libc::O_ACCMODE as u32;
+                let flags =
+                    acc as i32 | libc::O_CLOEXEC | (f.status_flags & libc::O_APPEND as u32) as i32;
+                // SAFETY: `c` is a NUL-terminated path.
+                let fd = unsafe { libc::open(c.as_ptr(), flags) };
+                if fd < 0 {
+                    return Err(err(format!(
+                        "reopening {}: {}",
+                        String::from_utf8_lossy(path),
+                        std::io::Error::last_os_error()
+                    )));
+                }
+                let fd = own(fd);
+                // SAFETY: lseek with integers; char devices may refuse, which is fine.
+                unsafe { libc::lseek(fd.as_raw_fd(), *offset as i64, libc::SEEK_SET) };
+                fd
+            }
+            FdKind::Pipe {
+                id,
+                write_end,
+                contents,
+            } => {
+                let e = pipes.entry(*id).or_insert((None, None));
+                if e.0.is_none() && e.1.is_none() {
+                    let (r, w) = pipe_cloexec("pipe2")?;
+                    if !contents.is_empty() {
+                        // SAFETY: fcntl with integers.
+                        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+                        // SAFETY: writing `contents` from a live slice.
+                        let n = unsafe {
+                            libc::write(
+                                w.as_raw_fd(),
+                                contents.as_ptr() as *const libc::c_void,
+                                contents.len(),
+                            )
+                        };
+                        if n != contents.len() as isize {
+                            return Err(err(format!(
+                                "refilling pipe with {} bytes failed",
+                                contents.len()
+                            )));
+                        }
+                    }
+                    *e = (Some(r), Some(w));
+                }
+                let end = if *write_end { &e.1 } else { &e.0 };
+                let end = end
+                    .as_ref()
+                    .ok_or_else(|| err("pipe end used twice".into()))?;
+                end.try_clone().map_err(sys_err("dup pipe end"))?
+            }
+            FdKind::Eventfd { count, semaphore } => {
+                let flags = libc::EFD_CLOEXEC | if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
+                // SAFETY: eventfd(2) with integers; counts above u32 are written below.
+                let fd = own(cvt(unsafe { libc::eventfd(0, flags) }, "eventfd")?);
+                if *count > 0 {
+                    let v = count.to_ne_bytes();
+                    // SAFETY: writing 8 bytes from a live array.
+                    unsafe { libc::write(fd.as_raw_fd(), v.as_ptr() as *const libc::c_void, 8) };
+                }
+                fd
+            }
+            FdKind::Epoll { entries } => {
+                // SAFETY: epoll_create1 with a flag.
+                let fd = own(cvt(
+                    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+                    "epoll_create1",
+                )?);
+                for e in entries {
+                    adds.push(EpollAdd {
+                        epfd: f.fd,
+                        tfd: e.tfd,
+                        events: e.events,
+                        data: e.data,
+                    });
+                }
+                fd
+            }
+            FdKind::TcpListen {
+                family,
+                mptcp,
+                addr,
+                port,
+                backlog,
+                reuseaddr,
+            } => listen_tcp_reclaiming(*family, *mptcp, addr, *port, *backlog, *reuseaddr)
+                .map_err(err)?,
+            FdKind::UnixListen { path, sock_type } => listen_unix(path, *sock_type).map_err(err)?,
+            FdKind::TcpConnected { .. } | FdKind::UnixConnected { .. } => {
+                dead_socket().map_err(err)?
+            }
+            FdKind::Other { what } => {
+                return Err(err(format!(
+                    "cannot restore: {}",
+                    String::from_utf8_lossy(what)
+                )));
+            }
+        };
+        set_status_flags(obj.as_raw_fd(), f.status_flags)?;
+        moves.push(FdMove {
+            tmp: lift(obj, floor)?,
+            target: f.fd,
+        });
+    }
+    Ok((moves, adds))
+}
