@@ -15,7 +15,6 @@ pub mod inspect;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use core_format as cf;
@@ -25,6 +24,7 @@ use crate::capture::fds::{FdCapture, FdKind, SockFamily};
 use crate::capture::identity::FileIdentity;
 use crate::capture::inject::Restart;
 use crate::capture::Capture;
+use crate::linux::mapped::{MapError, Mapped};
 use crate::linux::procfs::EpollEntry;
 use crate::linux::sys::UserRegs;
 use crate::model::{
@@ -782,87 +782,6 @@ impl cf::PageSource for TablePages<'_> {
 const ZERO_PAGE: usize = usize::MAX;
 static ZEROS: [u8; 4096] = [0; 4096];
 
-/// A read-only mapping of an image file.
-pub struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl std::fmt::Debug for Mapped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mapped").field("len", &self.len).finish()
-    }
-}
-
-impl Mapped {
-    pub fn new(file: &File, path: &str) -> Result<Mapped, ImageError> {
-        let len = file
-            .metadata()
-            .map_err(|e| ImageError::Io {
-                path: path.into(),
-                source: e,
-            })?
-            .len() as usize;
-        if len == 0 {
-            return Err(ImageError::Content {
-                path: path.into(),
-                detail: "the image is empty".into(),
-            });
-        }
-        // SAFETY: a private read-only mapping of a whole regular file we opened; the
-        // slice handed out by `bytes` lives as long as `self`.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(ImageError::Io {
-                path: path.into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // Not inherited by a fork: the restorer's namespace init is a fork of the
-        // driver that never execs, and must not keep the epoch files mapped (a
-        // folder on a mount could then not be unmounted while the program runs).
-        // SAFETY: madvise on the mapping just made; failing only leaves it inherited.
-        unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) };
-        Ok(Mapped { ptr, len })
-    }
-
-    /// Maps every page of the file in now (`MADV_POPULATE_READ`), so that readers
-    /// that go through the kernel (`UFFDIO_COPY`) take no fault per 64 KiB.
-    pub fn populate(&self) {
-        // SAFETY: madvise on our own live mapping; a failure only costs speed.
-        unsafe {
-            libc::madvise(self.ptr, self.len, 22 /* MADV_POPULATE_READ */)
-        };
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes until drop.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the region we mapped; no slice outlives `self`.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
-// SAFETY: the mapping is read-only and owned by this value; `bytes` hands out
-// shared slices only.
-unsafe impl Send for Mapped {}
-// SAFETY: as above: nothing writes through the mapping.
-unsafe impl Sync for Mapped {}
-
 /// A verified epoch file: the epoch, its page runs in the mapped file, and sizes.
 #[derive(Debug)]
 pub struct Decoded {
@@ -932,7 +851,16 @@ pub fn read_image(file: &File, path: &str) -> Result<Decoded, ImageError> {
 
 /// Reads and fully verifies one epoch file, full or delta.
 pub fn read_image_any(file: &File, path: &str) -> Result<Decoded, ImageError> {
-    let map = Mapped::new(file, path)?;
+    let map = Mapped::new(file).map_err(|e| match e {
+        MapError::Empty => ImageError::Content {
+            path: path.into(),
+            detail: "the image is empty".into(),
+        },
+        MapError::Io(source) => ImageError::Io {
+            path: path.into(),
+            source,
+        },
+    })?;
     let (epoch, runs, stats) = decode(map.bytes(), path)?;
     Ok(Decoded {
         epoch,

@@ -340,6 +340,13 @@ pub fn stream_socket(v6: bool, mptcp: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Takes ownership of a descriptor `nix` returned as a raw number.
+pub fn own_new_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass a descriptor the kernel just created for them, which
+    // nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// The effective uid (`nix`).
 pub fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()

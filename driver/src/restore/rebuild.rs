@@ -19,19 +19,6 @@ pub(super) struct EpollAdd {
     pub(super) data: u64,
 }
 
-pub(super) fn cvt(rc: libc::c_int, op: &str) -> Result<RawFd, RestoreError> {
-    if rc < 0 {
-        Err(last_err(op))
-    } else {
-        Ok(rc)
-    }
-}
-
-pub(super) fn own(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass a descriptor they just created and nobody else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
 /// A close-on-exec pipe (read end, write end).
 pub(super) fn pipe_cloexec(op: &str) -> Result<(OwnedFd, OwnedFd), RestoreError> {
     sys::pipe(false).map_err(sys_err(op))
@@ -39,21 +26,20 @@ pub(super) fn pipe_cloexec(op: &str) -> Result<(OwnedFd, OwnedFd), RestoreError>
 
 /// Moves `fd` to a number >= `floor` (close-on-exec) and returns it.
 pub(super) fn lift(fd: OwnedFd, floor: i32) -> Result<OwnedFd, RestoreError> {
-    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd; no memory is involved.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
-    Ok(own(cvt(n, "fcntl(F_DUPFD_CLOEXEC)")?))
+    use nix::fcntl::{fcntl, FcntlArg};
+    let n = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(floor))
+        .map_err(|e| sys_err("fcntl(F_DUPFD_CLOEXEC)")(e.into()))?;
+    Ok(sys::own_new_fd(n))
 }
 
 pub(super) fn set_status_flags(fd: RawFd, flags: u32) -> Result<(), RestoreError> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let settable =
-        (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME)
-            as u32;
-    // SAFETY: fcntl(F_SETFL) with an integer.
-    cvt(
-        unsafe { libc::fcntl(fd, libc::F_SETFL, (flags & settable) as libc::c_int) },
-        "fcntl(F_SETFL)",
-    )
-    .map(drop)
+        OFlag::O_APPEND | OFlag::O_NONBLOCK | OFlag::O_ASYNC | OFlag::O_DIRECT | OFlag::O_NOATIME;
+    let want = OFlag::from_bits_truncate(flags as libc::c_int) & settable;
+    fcntl(fd, FcntlArg::F_SETFL(want))
+        .map(drop)
+        .map_err(|e| sys_err("fcntl(F_SETFL)")(e.into()))
 }
 
 pub(super) fn sockaddr_for(
@@ -204,22 +190,23 @@ pub(super) fn prepare_fds(
         let obj: OwnedFd = match &f.kind {
             FdKind::Stdio { .. } => continue,
             FdKind::Regular { path, offset } => {
-                let c = CString::new(path.clone()).map_err(|_| err("path contains NUL".into()))?;
+                use nix::fcntl::OFlag;
                 let acc = f.status_flags & libc::O_ACCMODE as u32;
-                let flags =
-                    acc as i32 | libc::O_CLOEXEC | (f.status_flags & libc::O_APPEND as u32) as i32;
-                // SAFETY: `c` is a NUL-terminated path.
-                let fd = unsafe { libc::open(c.as_ptr(), flags) };
-                if fd < 0 {
-                    return Err(err(format!(
-                        "reopening {}: {}",
-                        String::from_utf8_lossy(path),
-                        std::io::Error::last_os_error()
-                    )));
-                }
-                let fd = own(fd);
-                // SAFETY: lseek with integers; char devices may refuse, which is fine.
-                unsafe { libc::lseek(fd.as_raw_fd(), *offset as i64, libc::SEEK_SET) };
+                let flags = OFlag::from_bits_truncate(
+                    acc as i32 | (f.status_flags & libc::O_APPEND as u32) as i32,
+                ) | OFlag::O_CLOEXEC;
+                let p = std::ffi::OsStr::from_bytes(path);
+                let fd = nix::fcntl::open(p, flags, nix::sys::stat::Mode::empty())
+                    .map(sys::own_new_fd)
+                    .map_err(|e| {
+                        err(format!("reopening {}: {e}", String::from_utf8_lossy(path)))
+                    })?;
+                // Char devices may refuse a seek, which is fine.
+                let _ = nix::unistd::lseek(
+                    fd.as_raw_fd(),
+                    *offset as i64,
+                    nix::unistd::Whence::SeekSet,
+                );
                 fd
             }
             FdKind::Pipe {
@@ -231,17 +218,10 @@ pub(super) fn prepare_fds(
                 if e.0.is_none() && e.1.is_none() {
                     let (r, w) = pipe_cloexec("pipe2")?;
                     if !contents.is_empty() {
-                        // SAFETY: fcntl with integers.
-                        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-                        // SAFETY: writing `contents` from a live slice.
-                        let n = unsafe {
-                            libc::write(
-                                w.as_raw_fd(),
-                                contents.as_ptr() as *const libc::c_void,
-                                contents.len(),
-                            )
-                        };
-                        if n != contents.len() as isize {
+                        use nix::fcntl::{fcntl, FcntlArg};
+                        let _ = fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+                        let n = nix::unistd::write(&w, contents).unwrap_or(0);
+                        if n != contents.len() {
                             return Err(err(format!(
                                 "refilling pipe with {} bytes failed",
                                 contents.len()
@@ -257,22 +237,24 @@ pub(super) fn prepare_fds(
                 end.try_clone().map_err(sys_err("dup pipe end"))?
             }
             FdKind::Eventfd { count, semaphore } => {
-                let flags = libc::EFD_CLOEXEC | if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
-                // SAFETY: eventfd(2) with integers; counts above u32 are written below.
-                let fd = own(cvt(unsafe { libc::eventfd(0, flags) }, "eventfd")?);
-                if *count > 0 {
-                    let v = count.to_ne_bytes();
-                    // SAFETY: writing 8 bytes from a live array.
-                    unsafe { libc::write(fd.as_raw_fd(), v.as_ptr() as *const libc::c_void, 8) };
+                use nix::sys::eventfd::{EfdFlags, EventFd};
+                let mut flags = EfdFlags::EFD_CLOEXEC;
+                if *semaphore {
+                    flags |= EfdFlags::EFD_SEMAPHORE;
                 }
-                fd
+                let efd = EventFd::from_value_and_flags(0, flags)
+                    .map_err(|e| sys_err("eventfd")(e.into()))?;
+                if *count > 0 {
+                    efd.write(*count)
+                        .map_err(|e| sys_err("eventfd write")(e.into()))?;
+                }
+                OwnedFd::from(efd)
             }
             FdKind::Epoll { entries } => {
-                // SAFETY: epoll_create1 with a flag.
-                let fd = own(cvt(
-                    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
-                    "epoll_create1",
-                )?);
+                use nix::sys::epoll::{Epoll, EpollCreateFlags};
+                let fd = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+                    .map(|e| e.0)
+                    .map_err(|e| sys_err("epoll_create1")(e.into()))?;
                 for e in entries {
                     adds.push(EpollAdd {
                         epfd: f.fd,
