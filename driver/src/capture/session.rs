@@ -142,42 +142,64 @@ fn apply(model: &mut Model, c: &Capture) {
 
 /// Compares every present stored page of the frozen program with the model.
 fn verify(pid: i32, epoch: u64, vmas: &[Vma], model: &Model) -> Result<(), CaptureError> {
+    use crate::linux::procfs::{PM_FILE, PM_PRESENT, PM_SWAP};
     let pagemap = crate::linux::procfs::Pagemap::open(pid)?;
     let mut entries = Vec::new();
-    let mut page = vec![0u8; PAGE as usize];
     let zero = vec![0u8; PAGE as usize];
     let mismatch = |addr: u64, what: &str| CaptureError::ChainMismatch {
         pid,
         detail: format!("epoch {epoch}: the page at {addr:#x} {what}"),
     };
+    // Present pages are read in runs of up to 256 (one call each), then compared.
+    let mut buf = vec![0u8; 256 * PAGE as usize];
+    let mut check_run = |start: u64, n: usize| -> Result<(), CaptureError> {
+        let len = n * PAGE as usize;
+        crate::linux::sys::read_remote(pid, &mut buf[..len], &[(start, len)]).map_err(
+            |source| CaptureError::Memory {
+                pid,
+                addr: start,
+                len,
+                source,
+            },
+        )?;
+        for k in 0..n {
+            let addr = start + k as u64 * PAGE;
+            let want = model.get(&addr).map_or(&zero[..], |b| &b[..]);
+            if &buf[k * PAGE as usize..(k + 1) * PAGE as usize] != want {
+                return Err(mismatch(addr, "differs from what the chain holds"));
+            }
+        }
+        Ok(())
+    };
     for v in vmas.iter().filter(|v| stores_pages(v) && !v.reservation) {
         let file_backed = matches!(v.kind, VmaKind::File { .. });
         pagemap.read(v.start, v.end, &mut entries)?;
+        let mut run: Option<(u64, usize)> = None;
         for (i, e) in entries.iter().enumerate() {
             let addr = v.start + i as u64 * PAGE;
-            let present =
-                e & (crate::linux::procfs::PM_PRESENT | crate::linux::procfs::PM_SWAP) != 0;
-            if file_backed && (!present || e & crate::linux::procfs::PM_FILE != 0) {
-                continue; // the file's bytes: not the chain's business
-            }
-            let want = model.get(&addr).map_or(&zero[..], |b| &b[..]);
-            if !present {
-                if want != &zero[..] {
-                    return Err(mismatch(addr, "is absent but the chain holds data for it"));
+            let present = e & (PM_PRESENT | PM_SWAP) != 0;
+            let skip = file_backed && (!present || e & PM_FILE != 0);
+            if present && !skip {
+                match run.as_mut() {
+                    Some((s, n)) if *s + *n as u64 * PAGE == addr && *n < 256 => *n += 1,
+                    _ => {
+                        if let Some((s, n)) = run.take() {
+                            check_run(s, n)?;
+                        }
+                        run = Some((addr, 1));
+                    }
                 }
                 continue;
             }
-            crate::linux::sys::read_remote(pid, &mut page, &[(addr, PAGE as usize)]).map_err(
-                |source| CaptureError::Memory {
-                    pid,
-                    addr,
-                    len: PAGE as usize,
-                    source,
-                },
-            )?;
-            if page != want {
-                return Err(mismatch(addr, "differs from what the chain holds"));
+            if skip {
+                continue; // the file's bytes: not the chain's business
             }
+            if model.get(&addr).is_some_and(|b| b[..] != zero[..]) {
+                return Err(mismatch(addr, "is absent but the chain holds data for it"));
+            }
+        }
+        if let Some((s, n)) = run.take() {
+            check_run(s, n)?;
         }
     }
     Ok(())
