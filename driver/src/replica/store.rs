@@ -44,6 +44,9 @@
 //!   within a chunk (at most 512 pages, 2 MiB: large enough for the lazy fill's
 //!   copies), each one contiguous slice of its chunk.
 //!
+//! A full epoch is built in new chunks beside the old state, which it then
+//! replaces: for that moment both are held.
+//!
 //! The chunks are not inherited by a fork (`MADV_DONTFORK`): restore forks a
 //! namespace init that never execs and lives as long as the restored program; it
 //! must neither copy the store's page tables nor keep its memory alive.
@@ -56,7 +59,8 @@
 //! always a chain that `cs-driver restore DIR` restores. A full epoch first
 //! removes the files numbered at or above its own (newest first: a crash
 //! meanwhile leaves an older, still whole, chain), is committed, and then the
-//! older files are removed (oldest first, as `--keep` does).
+//! older files are removed (oldest first, as `--keep` does). If its write fails
+//! after that first removal, the folder is left holding an older whole chain.
 
 use std::collections::BTreeMap;
 use std::io::Write;
