@@ -116,6 +116,7 @@
 pub mod backup;
 pub mod msg;
 pub mod primary;
+pub mod store;
 
 #[cfg(test)]
 mod sim;
