@@ -389,6 +389,8 @@ fn pause_case(heap_mib: u64, percent: f64) -> PauseCase {
                 threads: c.epoch.threads.len(),
             });
         }
+        // As `cs-driver checkpoint` does: the buffer serves the next epoch.
+        session.recycle(c);
     }
     drop(session);
     drop(dirtier);

@@ -575,6 +575,7 @@ fn checkpoint(
                 }
             }
         }
+        session.recycle(c);
     }
     if let Some(h) = folding.take() {
         joined_fold(h)?;

@@ -46,6 +46,9 @@ pub struct Session {
     /// Test mode (`CS_TEST_BREAK_TRACKER`): a delta made wrong on purpose, to show
     /// that the chain check catches it.
     broken: Option<Broken>,
+    /// A staging buffer handed back by [`Session::recycle`], already faulted in,
+    /// for the next epoch.
+    spare: Option<Staging>,
 }
 
 /// What `CS_TEST_BREAK_TRACKER` leaves out of every delta.
@@ -226,6 +229,7 @@ impl Session {
                 note,
                 model,
                 broken: Broken::from_env(),
+                spare: None,
             },
             c,
         ))
@@ -236,13 +240,26 @@ impl Session {
         self.attached.pid
     }
 
+    /// Takes an epoch's staging buffer back once the epoch is written, for the
+    /// next epoch (no new mapping to fault in per epoch). Buffers grown past
+    /// 64 MiB (a full epoch's) are dropped, not kept.
+    pub fn recycle(&mut self, c: Capture) {
+        let staging = c.pages.staging;
+        if staging.capacity() <= 64 << 20 {
+            self.spare = Some(staging);
+        }
+    }
+
     /// Freezes the program, captures what changed since the previous epoch, and
     /// resumes it. The epoch is a delta when the session tracks writes.
     pub fn epoch(&mut self) -> Result<Capture, CaptureError> {
-        let mut staging = Staging::prefaulted(4 << 20).map_err(|e| CaptureError::ProcIo {
-            path: "staging buffer".into(),
-            source: e,
-        })?;
+        let mut staging = match self.spare.take() {
+            Some(s) => s,
+            None => Staging::prefaulted(4 << 20).map_err(|e| CaptureError::ProcIo {
+                path: "staging buffer".into(),
+                source: e,
+            })?,
+        };
         let full = self.tracker.is_none();
         let pid = self.attached.pid;
         let t = Instant::now();

@@ -65,6 +65,11 @@ impl Staging {
         Ok(Staging { ptr, cap, len: 0 })
     }
 
+    /// Bytes mapped (and faulted in) behind the buffer.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
     /// Makes the buffer `len` bytes long, growing (and faulting in) if it must.
     pub fn set_len(&mut self, len: usize) -> io::Result<()> {
         if len > self.cap {
