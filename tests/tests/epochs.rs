@@ -441,10 +441,18 @@ fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
         .status()
         .expect("kvclient");
     assert!(client.success(), "the load client failed");
-    // Every acknowledged write is older than the next epoch; then at least 200.
+    // Every acknowledged write is older than the next epoch; then at least 200,
+    // and at least 100 with the program idle, over which nothing of it may grow.
     let after_load = newest() + 2;
     let t = Instant::now();
-    while newest() < after_load.max(200) {
+    while newest() < after_load {
+        assert!(t.elapsed() < Duration::from_secs(60), "epochs stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let idle_from = resources(pid);
+    let idle_epoch = newest();
+    let t = Instant::now();
+    while newest() < (idle_epoch + 100).max(200) {
         assert!(
             t.elapsed() < Duration::from_secs(120),
             "epochs stalled at {}:\n{}",
@@ -477,6 +485,20 @@ fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
     assert!(folds > 0, "--keep 5 never folded:\n{said}");
     let files = committed(&ck);
     assert!(files <= 5 + 1 + 2, "--keep 5 left {files} epoch files");
+    let idle_to = resources(pid);
+    eprintln!("idle over epochs {idle_epoch}..{epochs}: {idle_from:?} -> {idle_to:?}");
+    assert_eq!(
+        (idle_from.fds, idle_from.threads),
+        (idle_to.fds, idle_to.threads),
+        "fds or threads changed over {} idle epochs",
+        epochs - idle_epoch
+    );
+    assert!(
+        idle_to.rss_kib <= idle_from.rss_kib + 8 * 1024,
+        "RSS grew by {} KiB over {} idle epochs",
+        idle_to.rss_kib - idle_from.rss_kib,
+        epochs - idle_epoch
+    );
     check_serving(pid, &addr, 4, MARKER).expect("after 200 epochs");
     assert_eq!(
         (uffd_fds(pid), rwx_mappings(pid).len()),
@@ -505,6 +527,29 @@ fn two_hundred_epochs_of_a_launched_program_under_load_with_keep() {
         matches!(verdict, kv::KvVerdict::Linearizable { .. }),
         "the restored program's values do not follow the client's history: {verdict}"
     );
+}
+
+/// What a checkpointer could leak into a program: memory, fds, threads.
+#[derive(Debug, Clone, Copy)]
+struct Resources {
+    rss_kib: u64,
+    fds: usize,
+    threads: usize,
+}
+
+fn resources(pid: u32) -> Resources {
+    let rss_kib = cs_tests::procs::status_field(pid, pid, "VmRSS:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count();
+    let threads = cs_tests::procs::tids(pid).len();
+    Resources {
+        rss_kib,
+        fds,
+        threads,
+    }
 }
 
 /// lockserver under 3 lock clients for 3 s while checkpointed at 50 Hz: no
