@@ -325,8 +325,7 @@ fn run_inner(p: &Program, bin: &Path) -> Result<Outcome, String> {
         }
         let t = Instant::now();
         let mut bad = unhealthy_threads(pid);
-        while bad.as_ref().is_some_and(|b| !b.is_empty()) && t.elapsed() < Duration::from_secs(2)
-        {
+        while bad.as_ref().is_some_and(|b| !b.is_empty()) && t.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(10));
             bad = unhealthy_threads(pid);
         }
@@ -373,7 +372,9 @@ fn run_inner(p: &Program, bin: &Path) -> Result<Outcome, String> {
     if verdict == "PASS" {
         Ok(Outcome::Restored)
     } else {
-        Ok(Outcome::Wrong(format!("silently wrong after restore: {verdict}")))
+        Ok(Outcome::Wrong(format!(
+            "silently wrong after restore: {verdict}"
+        )))
     }
 }
 
@@ -473,9 +474,8 @@ fn every_kind_is_restored_or_refused_at_dump() {
     }
     let results = results.lock().unwrap().clone();
 
-    let mut table = String::from(
-        "\n| program | area | outcome | s | detail |\n|---|---|---|---|---|\n",
-    );
+    let mut table =
+        String::from("\n| program | area | outcome | s | detail |\n|---|---|---|---|---|\n");
     let mut failures = Vec::new();
     for (p, r) in progs.iter().zip(results) {
         let (o, took) = r.expect("every program ran");
@@ -498,7 +498,11 @@ fn every_kind_is_restored_or_refused_at_dump() {
             failures.push(format!("{} ({}): {}", p.name, p.kind, e));
         }
     }
-    eprintln!("{table}\n{} programs in {:.1} s", progs.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "{table}\n{} programs in {:.1} s",
+        progs.len(),
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         failures.is_empty(),
         "{} of {} conformance programs are not restored faithfully nor refused at dump:\n  - {}",

@@ -100,8 +100,217 @@ fn mapping_items(maps: &[MapEntry]) -> Vec<String> {
                 m.start, m.end, m.name
             ));
         }
+        items.extend(mapping_state(m));
     }
     items
+}
+
+/// State of a mapping that the image does not carry (smaps VmFlags and Rss,
+/// read before the freeze): restore would bring the mapping back without it.
+fn mapping_state(m: &MapEntry) -> Vec<String> {
+    let at = |what: &str| format!("{what} at {:#x}-{:#x} {}", m.start, m.end, m.name);
+    let mut items = Vec::new();
+    if !m.read && !m.shared && m.rss_kb > 0 {
+        // The capture stores readable memory only; these pages would come back zero.
+        items.push(at(&format!(
+            "{} KiB of pages holding data under PROT_NONE",
+            m.rss_kb
+        )));
+    }
+    if m.has_flag("dc") {
+        items.push(at("MADV_DONTFORK (VmFlags dc), not carried"));
+    }
+    if m.has_flag("lo") {
+        items.push(at("mlock'ed memory (VmFlags lo), not carried"));
+    }
+    let file = m.name.starts_with('/') && m.inode != 0;
+    if file && m.shared && !m.write && m.has_flag("mw") {
+        // Restore opens the file for what the mapping's protection needs now
+        // (read-only), so a later mprotect(PROT_WRITE) would fail with EACCES.
+        items.push(at(
+            "shared file mapping made read-only from a file opened for writing (a later \
+             mprotect(PROT_WRITE) would fail after restore)",
+        ));
+    }
+    items
+}
+
+/// Threads other than the main one with a robust futex list: pthreads of glibc
+/// or musl, which also registered a clear-child-tid address. Restore gives
+/// neither back yet, so joining such a thread would hang and a robust mutex it
+/// holds would never report its owner's death. (The main thread's registration
+/// matters only to other threads, which this refuses.)
+fn robust_threads(pid: i32, tids: impl Iterator<Item = i32>) -> Vec<String> {
+    tids.filter(|&t| t != pid)
+        .filter_map(|t| {
+            let mut head: usize = 0;
+            let mut len: usize = 0;
+            // SAFETY: get_robust_list writes one pointer and one size into the two
+            // live locals passed.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_get_robust_list,
+                    t,
+                    &mut head as *mut usize,
+                    &mut len as *mut usize,
+                )
+            };
+            (rc == 0 && head != 0).then(|| {
+                format!(
+                    "thread {t} has a robust futex list and a clear-child-tid address (a \
+                     pthread): restore does not register them again yet, so pthread_join on it \
+                     would hang"
+                )
+            })
+        })
+        .collect()
+}
+
+/// Signals pending while blocked (`/proc` SigPnd of a thread, ShdPnd of the
+/// process): the image does not carry them, the restored program would never
+/// receive them. Unblocked pending signals are being delivered and are not
+/// counted.
+fn pending_signals(pid: i32, tids: &[i32]) -> Vec<String> {
+    let field = |path: &str, name: &str| -> u64 {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let names = |set: u64| -> String {
+        (1..=64)
+            .filter(|s| set & (1u64 << (s - 1)) != 0)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut items = Vec::new();
+    let mut blocked_by_all = u64::MAX;
+    for &t in tids {
+        let path = format!("/proc/{pid}/task/{t}/status");
+        let blocked = field(&path, "SigBlk:");
+        blocked_by_all &= blocked;
+        let pending = field(&path, "SigPnd:") & blocked;
+        if pending != 0 {
+            items.push(format!(
+                "thread {t} has pending signal(s) {} (blocked): not carried",
+                names(pending)
+            ));
+        }
+    }
+    let shared = field(&format!("/proc/{pid}/status"), "ShdPnd:") & blocked_by_all;
+    if shared != 0 {
+        items.push(format!(
+            "process-wide pending signal(s) {} (blocked in every thread): not carried",
+            names(shared)
+        ));
+    }
+    items
+}
+
+/// What is wrong across fds: two fds sharing one open file description (a
+/// `dup`), which restore would open separately (offsets and flags would no
+/// longer be shared), file locks held (restore does not take them again), and
+/// epoll registrations whose fd number now names something else.
+fn fd_relations(pid: i32, fds: &[FdCapture]) -> Vec<String> {
+    let mut items = Vec::new();
+    let fdinfo =
+        |fd: i32| std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+    let link = |fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    // Shared descriptions: only fds with the same link target can share one.
+    let mut by_target: std::collections::BTreeMap<std::path::PathBuf, Vec<&FdCapture>> =
+        Default::default();
+    for f in fds.iter().filter(|f| f.fd > 2) {
+        if let Some(l) = link(f.fd) {
+            by_target.entry(l).or_default().push(f);
+        }
+    }
+    for group in by_target.values().filter(|g| g.len() > 1) {
+        for (i, a) in group.iter().enumerate() {
+            for b in &group[i + 1..] {
+                let same = same_description(pid, a.fd, b.fd);
+                let pipe_end = |f: &FdCapture| match &f.kind {
+                    FdKind::Pipe { id, write_end, .. } => Some((*id, *write_end)),
+                    _ => None,
+                };
+                match (pipe_end(a), pipe_end(b)) {
+                    // Restore makes one description per pipe end and dups it.
+                    (Some(x), Some(y)) if x == y => {
+                        if same == Some(false) {
+                            items.push(format!(
+                                "fds {} and {} are one end of one pipe opened twice: restore \
+                                 would make them share one open file description",
+                                a.fd, b.fd
+                            ));
+                        }
+                    }
+                    _ => {
+                        if same == Some(true) {
+                            items.push(format!(
+                                "fds {} and {} share one open file description (dup): restore \
+                                 would open them separately, so their offset and flags would no \
+                                 longer be shared",
+                                a.fd, b.fd
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for f in fds {
+        let info = fdinfo(f.fd);
+        let locks = info.lines().filter(|l| l.starts_with("lock:")).count();
+        if locks > 0 {
+            items.push(format!(
+                "fd {} holds {locks} file lock(s) (flock, POSIX or OFD): restore does not take \
+                 them again",
+                f.fd
+            ));
+        }
+        if let FdKind::Epoll { .. } = f.kind {
+            for l in info.lines().filter(|l| l.starts_with("tfd:")) {
+                let toks: Vec<&str> = l.split_whitespace().collect();
+                let after = |name: &str| {
+                    toks.iter()
+                        .position(|t| *t == name)
+                        .and_then(|p| toks.get(p + 1).copied())
+                };
+                // `ino:40f` is one token, unlike `tfd:        4`.
+                let ino = toks
+                    .iter()
+                    .find_map(|t| t.strip_prefix("ino:"))
+                    .and_then(|v| u64::from_str_radix(v, 16).ok());
+                let (Some(tfd), Some(ino)) =
+                    (after("tfd:").and_then(|v| v.parse::<i32>().ok()), ino)
+                else {
+                    continue;
+                };
+                use std::os::unix::fs::MetadataExt;
+                let now = std::fs::metadata(format!("/proc/{pid}/fd/{tfd}")).map(|m| m.ino());
+                if now.ok() != Some(ino) {
+                    items.push(format!(
+                        "fd {}: epoll set registers fd {tfd}, which is now closed or another \
+                         file (it was registered and then dup'ed and closed): restore would \
+                         register the wrong file",
+                        f.fd
+                    ));
+                }
+            }
+        }
+    }
+    items
+}
+
+/// Whether fds `a` and `b` of `pid` are one open file description (`kcmp`);
+/// `None` if the kernel cannot say.
+fn same_description(pid: i32, a: i32, b: i32) -> Option<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes integers only.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    (rc >= 0).then_some(rc == 0)
 }
 
 /// Threads under seccomp: filters are not captured, so restore refuses them
@@ -133,10 +342,14 @@ pub fn before_freeze(pid: i32, pidfd: RawFd, maps: &[MapEntry]) -> Result<(), Ca
             format!("child process {c} ({comm}): a dump captures one process and would leave it running")
         })
         .collect();
-    items.extend(unrestorable_fds(pid, &fds::capture_fds(pid, pidfd)?));
+    let fds = fds::capture_fds(pid, pidfd)?;
+    items.extend(unrestorable_fds(pid, &fds));
+    items.extend(fd_relations(pid, &fds));
     items.extend(mapping_items(maps));
     items.extend(posix_timers(pid));
     let tids = crate::linux::procfs::list_tids(pid)?;
+    items.extend(robust_threads(pid, tids.iter().copied()));
+    items.extend(pending_signals(pid, &tids));
     items.extend(seccomp_items(tids.iter().map(|&t| {
         let mode = crate::linux::procfs::read_status_task(pid, t).map_or(0, |s| s.seccomp);
         (t, mode)
@@ -156,6 +369,10 @@ pub fn captured(cap: &Capture) -> Result<(), CaptureError> {
     let c = &cap.epoch;
     let host_pid = cap.host_pid;
     let mut items = unrestorable_fds(host_pid, &c.fds);
+    items.extend(fd_relations(host_pid, &c.fds));
+    let tids: Vec<i32> = c.threads.iter().map(|t| t.host_tid).collect();
+    items.extend(robust_threads(host_pid, tids.iter().copied()));
+    items.extend(pending_signals(host_pid, &tids));
     if c.vmas.len() > restore_stub::MAX_VMAS {
         items.push(format!(
             "{} mappings: the restore stub handles at most {}",

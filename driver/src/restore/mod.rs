@@ -19,6 +19,7 @@
 //! created in the driver, above every target fd number, and only `dup3`ed into place
 //! in C, where no allocation may happen (the driver may have other threads).
 
+pub mod closed;
 pub mod lazy;
 
 use std::ffi::CString;
@@ -499,8 +500,13 @@ fn listen_unix(path: &[u8], sock_type: i32) -> Result<OwnedFd, String> {
     for (d, s) in sun.sun_path.iter_mut().zip(path) {
         *d = *s as libc::c_char;
     }
+    // The socket file of the original process: its mode and owner are the
+    // program's (a dump refuses a listener whose file is gone), and it would make
+    // bind fail.
+    let old_file = (path.first() != Some(&0))
+        .then(|| std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)).ok())
+        .flatten();
     if path.first() != Some(&0) {
-        // A stale socket file from the original process would make bind fail.
         let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(path));
     }
     let len = (2 + path.len()) as libc::socklen_t;
@@ -519,30 +525,14 @@ fn listen_unix(path: &[u8], sock_type: i32) -> Result<OwnedFd, String> {
             std::io::Error::last_os_error()
         ));
     }
+    if let Some(m) = old_file {
+        closed::keep_mode_and_owner(path, &m)?;
+    }
     // SAFETY: listen(2) with integers.
     if unsafe { libc::listen(fd.as_raw_fd(), 4096) } < 0 {
         return Err(format!("listen: {}", std::io::Error::last_os_error()));
     }
     Ok(fd)
-}
-
-/// A connected socket whose peer is gone: the program sees end-of-file and reconnects.
-fn dead_socket() -> Result<OwnedFd, String> {
-    let mut sv = [0 as libc::c_int; 2];
-    // SAFETY: `sv` is a live array of two ints.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
-    }
-    drop(own(sv[1]));
-    Ok(own(sv[0]))
 }
 
 /// Creates every fd object the program had, at numbers above all of its own.
@@ -585,9 +575,13 @@ fn prepare_fds(
                 let e = pipes.entry(*id).or_insert((None, None));
                 if e.0.is_none() && e.1.is_none() {
                     let (r, w) = pipe_cloexec("pipe2")?;
-                    if !contents.is_empty() {
+                    // A dump refuses pipes of another capacity than the default (it
+                    // is not carried), so the contents fit; an older image's may not.
+                    if contents.len() > 16 * 4096 {
                         // SAFETY: fcntl with integers.
                         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+                    }
+                    if !contents.is_empty() {
                         // SAFETY: writing `contents` from a live slice.
                         let n = unsafe {
                             libc::write(
@@ -648,9 +642,10 @@ fn prepare_fds(
             } => listen_tcp_reclaiming(*family, *mptcp, addr, *port, *backlog, *reuseaddr)
                 .map_err(err)?,
             FdKind::UnixListen { path, sock_type } => listen_unix(path, *sock_type).map_err(err)?,
-            FdKind::TcpConnected { .. } | FdKind::UnixConnected { .. } => {
-                dead_socket().map_err(err)?
+            FdKind::TcpConnected { family, mptcp, .. } => {
+                closed::tcp(*family, *mptcp).map_err(err)?
             }
+            FdKind::UnixConnected { sock_type } => closed::unix(*sock_type).map_err(err)?,
             FdKind::Other { what } => {
                 return Err(err(format!(
                     "cannot restore: {}",
@@ -889,6 +884,7 @@ pub fn restore(
                 close_in_init: &close_in_init,
                 close_gaps: &close_gaps,
                 done_r: done_r.as_raw_fd(),
+                umask: (plan.process.umask & 0o777) as libc::mode_t,
             };
             init_main(&set_tid, &setup)
         }
@@ -1129,6 +1125,8 @@ struct ChildSetup<'a> {
     close_gaps: &'a [(u32, u32)],
     /// Read end of the `done` pipe (kept by the init only).
     done_r: RawFd,
+    /// The program's umask.
+    umask: libc::mode_t,
 }
 
 /// Code of the namespace init (B). Never returns.
@@ -1223,6 +1221,7 @@ unsafe fn program_main(setup: &ChildSetup<'_>) -> ! {
         errw,
         exe_raw,
         close_gaps,
+        umask,
         ..
     } = *setup;
     // SAFETY: raw syscalls only, on data prepared before the fork.
@@ -1255,6 +1254,7 @@ unsafe fn program_main(setup: &ChildSetup<'_>) -> ! {
         if libc::chdir(cwd.as_ptr()) < 0 {
             child_fail(errw, b"chdir to the checkpointed working directory");
         }
+        libc::umask(umask);
         for (res, lim) in rlimits {
             // Hard limits cannot be raised here (no CAP_SYS_RESOURCE): keep ours if lower.
             let mut cur = libc::rlimit64 {
