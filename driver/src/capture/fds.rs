@@ -548,7 +548,8 @@ fn changed_options(
 /// ends of a channel nobody outside can mend (connections to outside peers break
 /// by design, docs/conformance.md). Both are marked unrestorable.
 fn both_ends_inside(fds: &mut [FdCapture]) {
-    let ends: Vec<(i32, (Vec<u8>, u16), (Vec<u8>, u16))> = fds
+    type End = (Vec<u8>, u16);
+    let ends: Vec<(i32, End, End)> = fds
         .iter()
         .filter_map(|f| match &f.kind {
             FdKind::TcpConnected { local, peer, .. } if peer.1 != 0 => {

@@ -14,9 +14,11 @@
 use std::os::fd::RawFd;
 
 use crate::capture::fds::{self, FdCapture, FdKind};
+use crate::capture::inject::Injector;
 use crate::capture::{Capture, VmaKind};
 use crate::error::CaptureError;
 use crate::linux::procfs::MapEntry;
+use crate::linux::sys::UserRegs;
 
 /// Descriptors restore cannot recreate, one line each. A tracker userfaultfd a
 /// killed driver left is not one of them: the dump closes it in the freeze.
@@ -304,6 +306,92 @@ fn fd_relations(pid: i32, fds: &[FdCapture]) -> Vec<String> {
     items
 }
 
+/// Threads with an rseq registration (glibc registers one per thread since
+/// 2.35): restore does not register it again yet (issue 10), so the kernel would
+/// stop updating the area and stop aborting rseq critical sections (per-CPU
+/// caches of tcmalloc and the like would corrupt, `sched_getcpu` would go stale).
+/// Read with `PTRACE_GET_RSEQ_CONFIGURATION`, so only inside the freeze, by the
+/// thread that froze them. glibc programs can opt out with
+/// `GLIBC_TUNABLES=glibc.pthread.rseq=0`.
+fn rseq_threads(tids: &[i32]) -> Vec<String> {
+    const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+    tids.iter()
+        .filter_map(|&t| {
+            // struct ptrace_rseq_configuration: u64 pointer, u32 size, signature,
+            // flags, pad.
+            let mut conf = [0u64; 3];
+            // SAFETY: the request writes at most `size_of_val(&conf)` (its `addr`
+            // argument) bytes into the live local array passed as `data`.
+            let rc = unsafe {
+                libc::ptrace(
+                    PTRACE_GET_RSEQ_CONFIGURATION,
+                    t,
+                    std::mem::size_of_val(&conf),
+                    conf.as_mut_ptr(),
+                )
+            };
+            (rc > 0 && conf[0] != 0).then(|| {
+                format!(
+                    "thread {t} registered rseq at {:#x}: restore does not register it again \
+                     yet (glibc programs: GLIBC_TUNABLES=glibc.pthread.rseq=0 turns it off)",
+                    conf[0]
+                )
+            })
+        })
+        .collect()
+}
+
+/// Armed interval timers (`setitimer`), read by injected `getitimer` calls in
+/// the freeze (nothing outside the program can read them; so this check cannot
+/// run before the freeze): restore does not arm them again, so they are refused.
+/// `out` is 32 bytes of the driver's scratch memory in the program. Called from
+/// the capture's injected queries; the refusal resumes the program unchanged.
+pub(crate) fn armed_itimers(
+    inj: &Injector,
+    tid: i32,
+    regs: &UserRegs,
+    frame_rsp: u64,
+    out: u64,
+) -> Result<(), CaptureError> {
+    let mut items = Vec::new();
+    for (which, name) in [
+        (0u64, "ITIMER_REAL"),
+        (1, "ITIMER_VIRTUAL"),
+        (2, "ITIMER_PROF"),
+    ] {
+        let rc = inj.syscall_framed(
+            tid,
+            regs,
+            frame_rsp,
+            libc::SYS_getitimer as u64,
+            [which, out, 0, 0, 0, 0],
+        )?;
+        if rc < 0 {
+            return Err(CaptureError::Inject {
+                tid,
+                nr: libc::SYS_getitimer as u64,
+                detail: format!("getitimer({name}): errno {}", -rc),
+            });
+        }
+        // struct itimerval: it_interval, then it_value (two timevals of 16 bytes).
+        let mut buf = [0u8; 32];
+        crate::linux::sys::read_remote(inj.pid, &mut buf, &[(out, 32)]).map_err(|source| {
+            CaptureError::Memory {
+                pid: inj.pid,
+                addr: out,
+                len: 32,
+                source,
+            }
+        })?;
+        if buf[16..].iter().any(|b| *b != 0) {
+            items.push(format!(
+                "interval timer {name} armed (setitimer): restore does not arm it again"
+            ));
+        }
+    }
+    refusal(inj.pid, items)
+}
+
 /// Whether fds `a` and `b` of `pid` are one open file description (`kcmp`);
 /// `None` if the kernel cannot say.
 fn same_description(pid: i32, a: i32, b: i32) -> Option<bool> {
@@ -373,6 +461,7 @@ pub fn captured(cap: &Capture) -> Result<(), CaptureError> {
     let tids: Vec<i32> = c.threads.iter().map(|t| t.host_tid).collect();
     items.extend(robust_threads(host_pid, tids.iter().copied()));
     items.extend(pending_signals(host_pid, &tids));
+    items.extend(rseq_threads(&tids));
     if c.vmas.len() > restore_stub::MAX_VMAS {
         items.push(format!(
             "{} mappings: the restore stub handles at most {}",

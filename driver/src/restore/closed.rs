@@ -10,7 +10,6 @@
 //! back (bind creates it from the restorer's umask).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
@@ -83,11 +82,13 @@ pub fn tcp(family: SockFamily, mptcp: bool) -> Result<OwnedFd, String> {
     if unsafe { libc::bind(listener.as_raw_fd(), sa, sl) } < 0 {
         return Err(os_err("bind a loopback listener for a closed connection"));
     }
-    // SAFETY: listen, then getsockname into `ss` (large enough for any address).
-    if unsafe { libc::listen(listener.as_raw_fd(), 1) } < 0
-        || unsafe { libc::getsockname(listener.as_raw_fd(), sa, &mut sl) } < 0
-    {
+    // SAFETY: listen(2) with integers.
+    if unsafe { libc::listen(listener.as_raw_fd(), 1) } < 0 {
         return Err(os_err("listen on loopback"));
+    }
+    // SAFETY: `ss` is large enough for any address and `sl` says how large.
+    if unsafe { libc::getsockname(listener.as_raw_fd(), sa, &mut sl) } < 0 {
+        return Err(os_err("getsockname of the loopback listener"));
     }
     let conn = sock(if mptcp { 262 } else { 0 })?;
     // SAFETY: `ss` now holds the listener's address of `sl` bytes.
@@ -128,20 +129,20 @@ pub fn tcp(family: SockFamily, mptcp: bool) -> Result<OwnedFd, String> {
 pub fn keep_mode_and_owner(path: &[u8], old: &std::fs::Metadata) -> Result<(), String> {
     let c =
         std::ffi::CString::new(path).map_err(|_| "unix socket path contains NUL".to_string())?;
-    // SAFETY: `c` is a NUL-terminated path; chmod/lchown take integers otherwise.
-    let rc = unsafe {
-        libc::chmod(c.as_ptr(), old.mode() & 0o7777)
-            | libc::lchown(c.as_ptr(), old.uid(), old.gid())
-    };
-    if rc < 0 {
-        return Err(format!(
-            "giving {} its mode {:o} and owner {}:{} back: {}",
-            String::from_utf8_lossy(std::ffi::OsStr::from_bytes(path).as_bytes()),
-            old.mode() & 0o7777,
-            old.uid(),
-            old.gid(),
+    let fail = |what: &str| {
+        format!(
+            "giving {} its {what} back: {}",
+            String::from_utf8_lossy(path),
             std::io::Error::last_os_error()
-        ));
+        )
+    };
+    // SAFETY: `c` is a NUL-terminated path; the mode is an integer.
+    if unsafe { libc::chmod(c.as_ptr(), old.mode() & 0o7777) } < 0 {
+        return Err(fail(&format!("mode {:o}", old.mode() & 0o7777)));
+    }
+    // SAFETY: `c` is a NUL-terminated path; the ids are integers.
+    if unsafe { libc::lchown(c.as_ptr(), old.uid(), old.gid()) } < 0 {
+        return Err(fail(&format!("owner {}:{}", old.uid(), old.gid())));
     }
     Ok(())
 }
