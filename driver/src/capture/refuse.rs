@@ -306,6 +306,65 @@ fn fd_relations(pid: i32, fds: &[FdCapture]) -> Vec<String> {
     items
 }
 
+/// Process attributes the image does not carry, which a restored program
+/// inherits from the restorer instead: each thread's nice value and CPU
+/// affinity, the process's `oom_score_adj` and personality. Refused where the
+/// program's differ from this driver's own (a restore run like this dump gives
+/// the program the driver's).
+fn inherited_attributes(pid: i32, tids: &[i32]) -> Vec<String> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let nice = |stat: &str| -> Option<String> {
+        // Field 19 of stat, the 17th after the `)` that ends comm.
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(16)
+            .map(str::to_string)
+    };
+    let affinity = |status: &str| -> Option<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+    };
+    let my_nice = nice(&read("/proc/thread-self/stat"));
+    let my_cpus = affinity(&read("/proc/thread-self/status"));
+    let mut items = Vec::new();
+    for &t in tids {
+        let n = nice(&read(&format!("/proc/{pid}/task/{t}/stat")));
+        if n.is_some() && n != my_nice {
+            items.push(format!(
+                "thread {t} runs at nice {} (the restored program would get {}): not carried",
+                n.unwrap_or_default(),
+                my_nice.clone().unwrap_or_default()
+            ));
+        }
+        let c = affinity(&read(&format!("/proc/{pid}/task/{t}/status")));
+        if c.is_some() && c != my_cpus {
+            items.push(format!(
+                "thread {t} has CPU affinity {} (the restored program would get {}): not carried",
+                c.unwrap_or_default(),
+                my_cpus.clone().unwrap_or_default()
+            ));
+        }
+    }
+    for (file, what) in [
+        ("oom_score_adj", "oom_score_adj"),
+        ("personality", "personality"),
+    ] {
+        let theirs = read(&format!("/proc/{pid}/{file}"));
+        let mine = read(&format!("/proc/self/{file}"));
+        if theirs.trim() != mine.trim() && !theirs.is_empty() {
+            items.push(format!(
+                "{what} {} (the restored program would get {}): not carried",
+                theirs.trim(),
+                mine.trim()
+            ));
+        }
+    }
+    items
+}
+
 /// Threads with an rseq registration (glibc registers one per thread since
 /// 2.35): restore does not register it again yet (issue 10), so the kernel would
 /// stop updating the area and stop aborting rseq critical sections (per-CPU
@@ -438,6 +497,7 @@ pub fn before_freeze(pid: i32, pidfd: RawFd, maps: &[MapEntry]) -> Result<(), Ca
     let tids = crate::linux::procfs::list_tids(pid)?;
     items.extend(robust_threads(pid, tids.iter().copied()));
     items.extend(pending_signals(pid, &tids));
+    items.extend(inherited_attributes(pid, &tids));
     items.extend(seccomp_items(tids.iter().map(|&t| {
         let mode = crate::linux::procfs::read_status_task(pid, t).map_or(0, |s| s.seccomp);
         (t, mode)
@@ -461,6 +521,7 @@ pub fn captured(cap: &Capture) -> Result<(), CaptureError> {
     let tids: Vec<i32> = c.threads.iter().map(|t| t.host_tid).collect();
     items.extend(robust_threads(host_pid, tids.iter().copied()));
     items.extend(pending_signals(host_pid, &tids));
+    items.extend(inherited_attributes(host_pid, &tids));
     items.extend(rseq_threads(&tids));
     if c.vmas.len() > restore_stub::MAX_VMAS {
         items.push(format!(
