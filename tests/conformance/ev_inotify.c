@@ -1,4 +1,4 @@
-// kind: inotify instance with a watch (and fanotify where permitted)
+// kind: inotify instance with a watch
 // area: event fds
 // expect: refused
 // refusal: inotify

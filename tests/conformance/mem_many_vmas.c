@@ -1,4 +1,4 @@
-// kind: more mappings than the restore stub handles (9000)
+// kind: more mappings than the restore stub handles (18000)
 // area: memory
 // expect: refused
 // refusal: mappings: the restore stub handles at most
