@@ -171,8 +171,49 @@ fn robust_threads(pid: i32, tids: impl Iterator<Item = i32>) -> Vec<String> {
 /// Signals pending while blocked (`/proc` SigPnd of a thread, ShdPnd of the
 /// process): the image does not carry them, the restored program would never
 /// receive them. Unblocked pending signals are being delivered and are not
-/// counted.
+/// counted. Checked before the freeze only, and only what stays pending over
+/// 20 ms: a signal can be pending and blocked for an instant (Go blocks every
+/// signal around `clone`, for one), and a dump must not fail on that; one
+/// blocked for good stays. (Inside the freeze the same instant would end a
+/// checkpoint session; a signal that arrives after this check is in the same
+/// place as one arriving during the freeze: not carried.)
 fn pending_signals(pid: i32, tids: &[i32]) -> Vec<String> {
+    let mut pending = pending_blocked(pid, tids);
+    for _ in 0..2 {
+        if pending.values().all(|set| *set == 0) {
+            return Vec::new();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let again = pending_blocked(pid, tids);
+        for (who, set) in pending.iter_mut() {
+            *set &= again.get(who).copied().unwrap_or(0);
+        }
+    }
+    let names = |set: u64| -> String {
+        (1..=64)
+            .filter(|s| set & (1u64 << (s - 1)) != 0)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    pending
+        .into_iter()
+        .filter(|(_, set)| *set != 0)
+        .map(|(who, set)| match who {
+            0 => format!(
+                "process-wide pending signal(s) {} (blocked in every thread): not carried",
+                names(set)
+            ),
+            t => format!(
+                "thread {t} has pending signal(s) {} (blocked): not carried",
+                names(set)
+            ),
+        })
+        .collect()
+}
+
+/// Pending and blocked signal sets: by tid, and the process's under key 0.
+fn pending_blocked(pid: i32, tids: &[i32]) -> std::collections::BTreeMap<i32, u64> {
     let field = |path: &str, name: &str| -> u64 {
         std::fs::read_to_string(path)
             .unwrap_or_default()
@@ -181,42 +222,28 @@ fn pending_signals(pid: i32, tids: &[i32]) -> Vec<String> {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0)
     };
-    let names = |set: u64| -> String {
-        (1..=64)
-            .filter(|s| set & (1u64 << (s - 1)) != 0)
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut items = Vec::new();
+    let mut out = std::collections::BTreeMap::new();
     let mut blocked_by_all = u64::MAX;
     for &t in tids {
         let path = format!("/proc/{pid}/task/{t}/status");
         let blocked = field(&path, "SigBlk:");
         blocked_by_all &= blocked;
-        let pending = field(&path, "SigPnd:") & blocked;
-        if pending != 0 {
-            items.push(format!(
-                "thread {t} has pending signal(s) {} (blocked): not carried",
-                names(pending)
-            ));
-        }
+        out.insert(t, field(&path, "SigPnd:") & blocked);
     }
-    let shared = field(&format!("/proc/{pid}/status"), "ShdPnd:") & blocked_by_all;
-    if shared != 0 {
-        items.push(format!(
-            "process-wide pending signal(s) {} (blocked in every thread): not carried",
-            names(shared)
-        ));
-    }
-    items
+    out.insert(
+        0,
+        field(&format!("/proc/{pid}/status"), "ShdPnd:") & blocked_by_all,
+    );
+    out
 }
 
 /// What is wrong across fds: two fds sharing one open file description (a
 /// `dup`), which restore would open separately (offsets and flags would no
-/// longer be shared), file locks held (restore does not take them again), and
-/// epoll registrations whose fd number now names something else.
-fn fd_relations(pid: i32, fds: &[FdCapture]) -> Vec<String> {
+/// longer be shared), file locks held (restore does not take them again), and,
+/// when `frozen`, epoll registrations whose fd number now names something else
+/// (while the program runs, an fd closed and reused between the two reads
+/// would look the same).
+fn fd_relations(pid: i32, fds: &[FdCapture], frozen: bool) -> Vec<String> {
     let mut items = Vec::new();
     let fdinfo =
         |fd: i32| std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
@@ -272,7 +299,7 @@ fn fd_relations(pid: i32, fds: &[FdCapture]) -> Vec<String> {
                 f.fd
             ));
         }
-        if let FdKind::Epoll { .. } = f.kind {
+        if let (FdKind::Epoll { .. }, true) = (&f.kind, frozen) {
             for l in info.lines().filter(|l| l.starts_with("tfd:")) {
                 let toks: Vec<&str> = l.split_whitespace().collect();
                 let after = |name: &str| {
@@ -307,8 +334,9 @@ fn fd_relations(pid: i32, fds: &[FdCapture]) -> Vec<String> {
 }
 
 /// Process attributes the image does not carry, which a restored program
-/// inherits from the restorer instead: each thread's nice value and CPU
-/// affinity, the process's `oom_score_adj` and personality. Refused where the
+/// inherits from the restorer instead: each thread's nice value, CPU affinity,
+/// scheduling policy and I/O priority, the process's `oom_score_adj`,
+/// personality, timer slack and THP_enabled (PR_SET_THP_DISABLE). Refused where the
 /// program's differ from this driver's own (a restore run like this dump gives
 /// the program the driver's).
 fn inherited_attributes(pid: i32, tids: &[i32]) -> Vec<String> {
@@ -327,10 +355,39 @@ fn inherited_attributes(pid: i32, tids: &[i32]) -> Vec<String> {
             .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
             .map(|v| v.trim().to_string())
     };
-    let my_nice = nice(&read("/proc/thread-self/stat"));
+    // Fields 40 and 41 of stat: rt_priority and policy.
+    let policy = |stat: &str| -> Option<String> {
+        let f: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+        Some(format!("{}/{}", f.get(38)?, f.get(37)?))
+    };
+    let ioprio = |tid: i32| -> i64 {
+        const IOPRIO_WHO_PROCESS: i64 = 1;
+        // SAFETY: ioprio_get takes integers only.
+        unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) }
+    };
+    let my_stat = read("/proc/thread-self/stat");
+    let my_nice = nice(&my_stat);
+    let my_policy = policy(&my_stat);
     let my_cpus = affinity(&read("/proc/thread-self/status"));
+    let my_ioprio = ioprio(0);
     let mut items = Vec::new();
     for &t in tids {
+        let stat = read(&format!("/proc/{pid}/task/{t}/stat"));
+        let p = policy(&stat);
+        if p.is_some() && p != my_policy {
+            items.push(format!(
+                "thread {t} has scheduling policy/priority {} (the restored program would get {}): not carried",
+                p.unwrap_or_default(),
+                my_policy.clone().unwrap_or_default()
+            ));
+        }
+        let io = ioprio(t);
+        if io >= 0 && io != my_ioprio {
+            items.push(format!(
+                "thread {t} has I/O priority {io:#x} (the restored program would get \
+                 {my_ioprio:#x}): not carried"
+            ));
+        }
         let n = nice(&read(&format!("/proc/{pid}/task/{t}/stat")));
         if n.is_some() && n != my_nice {
             items.push(format!(
@@ -348,9 +405,27 @@ fn inherited_attributes(pid: i32, tids: &[i32]) -> Vec<String> {
             ));
         }
     }
+    let thp = |status: &str| -> Option<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_string())
+    };
+    let (theirs, mine) = (
+        thp(&read(&format!("/proc/{pid}/status"))),
+        thp(&read("/proc/self/status")),
+    );
+    if theirs.is_some() && theirs != mine {
+        items.push(format!(
+            "THP_enabled {} (PR_SET_THP_DISABLE; the restored program would get {}): not carried",
+            theirs.unwrap_or_default(),
+            mine.unwrap_or_default()
+        ));
+    }
     for (file, what) in [
         ("oom_score_adj", "oom_score_adj"),
         ("personality", "personality"),
+        ("timerslack_ns", "timer slack (ns)"),
     ] {
         let theirs = read(&format!("/proc/{pid}/{file}"));
         let mine = read(&format!("/proc/self/{file}"));
@@ -491,7 +566,7 @@ pub fn before_freeze(pid: i32, pidfd: RawFd, maps: &[MapEntry]) -> Result<(), Ca
         .collect();
     let fds = fds::capture_fds(pid, pidfd)?;
     items.extend(unrestorable_fds(pid, &fds));
-    items.extend(fd_relations(pid, &fds));
+    items.extend(fd_relations(pid, &fds, false));
     items.extend(mapping_items(maps));
     items.extend(posix_timers(pid));
     let tids = crate::linux::procfs::list_tids(pid)?;
@@ -517,10 +592,9 @@ pub fn captured(cap: &Capture) -> Result<(), CaptureError> {
     let c = &cap.epoch;
     let host_pid = cap.host_pid;
     let mut items = unrestorable_fds(host_pid, &c.fds);
-    items.extend(fd_relations(host_pid, &c.fds));
+    items.extend(fd_relations(host_pid, &c.fds, true));
     let tids: Vec<i32> = c.threads.iter().map(|t| t.host_tid).collect();
     items.extend(robust_threads(host_pid, tids.iter().copied()));
-    items.extend(pending_signals(host_pid, &tids));
     items.extend(inherited_attributes(host_pid, &tids));
     items.extend(rseq_threads(&tids));
     if c.vmas.len() > restore_stub::MAX_VMAS {
