@@ -773,6 +773,7 @@ fn inject_queries(
             th.creds.dumpable = dumpable.unwrap_or(1);
             frames.push(rsp);
         }
+        crate::capture::refuse::armed_itimers(&safe, t0, &t0_regs, frames[0], scratch + PAGE)?;
         let mut acts = vec![SigAction::default(); 64];
         let mut sigs = Vec::new();
         for sig in 1..=64u64 {

@@ -19,6 +19,7 @@
 //! created in the driver, above every target fd number, and only `dup3`ed into place
 //! in C, where no allocation may happen (the driver may have other threads).
 
+pub mod closed;
 pub mod lazy;
 mod plan;
 mod rebuild;
@@ -340,6 +341,7 @@ pub fn restore(
                 close_in_init: &close_in_init,
                 close_gaps: &close_gaps,
                 done_r: done_r.as_raw_fd(),
+                umask: (plan.process.umask & 0o777) as libc::mode_t,
             };
             init_main(&set_tid, &setup)
         }

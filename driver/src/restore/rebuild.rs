@@ -144,11 +144,15 @@ pub(super) fn listen_unix(path: &[u8], sock_type: i32) -> Result<OwnedFd, String
     let ty = SockType::try_from(sock_type).map_err(|e| format!("socket type {sock_type}: {e}"))?;
     let fd = socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
         .map_err(|e| format!("socket(AF_UNIX): {e}"))?;
+    // The socket file of the original process: its mode and owner are the
+    // program's (a dump refuses a listener whose file is gone), and it would make
+    // bind fail.
+    let mut old_file = None;
     let addr = match path.strip_prefix(&[0u8][..]) {
         Some(abstract_name) => UnixAddr::new_abstract(abstract_name),
         None => {
-            // A stale socket file from the original process would make bind fail.
             let p = std::ffi::OsStr::from_bytes(path);
+            old_file = std::fs::symlink_metadata(p).ok();
             let _ = std::fs::remove_file(p);
             UnixAddr::new(p)
         }
@@ -156,24 +160,12 @@ pub(super) fn listen_unix(path: &[u8], sock_type: i32) -> Result<OwnedFd, String
     .map_err(|e| format!("unix socket address {}: {e}", String::from_utf8_lossy(path)))?;
     bind(fd.as_raw_fd(), &addr)
         .map_err(|e| format!("bind to {}: {e}", String::from_utf8_lossy(path)))?;
+    if let Some(m) = old_file {
+        super::closed::keep_mode_and_owner(path, &m)?;
+    }
     listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))
         .map_err(|e| format!("listen on {}: {e}", String::from_utf8_lossy(path)))?;
     Ok(fd)
-}
-
-/// A connected socket whose peer is gone: what a connection to the outside comes
-/// back as (reads EOF, writes fail).
-pub(super) fn dead_socket() -> Result<OwnedFd, String> {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    let (a, b) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("socketpair: {e}"))?;
-    drop(b);
-    Ok(a)
 }
 
 /// Creates every fd object the program had, at numbers above all of its own.
@@ -217,9 +209,13 @@ pub(super) fn prepare_fds(
                 let e = pipes.entry(*id).or_insert((None, None));
                 if e.0.is_none() && e.1.is_none() {
                     let (r, w) = pipe_cloexec("pipe2")?;
-                    if !contents.is_empty() {
+                    // A dump refuses pipes of another capacity than the default (it
+                    // is not carried), so the contents fit; an older image's may not.
+                    if contents.len() > 16 * 4096 {
                         use nix::fcntl::{fcntl, FcntlArg};
                         let _ = fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+                    }
+                    if !contents.is_empty() {
                         let n = nix::unistd::write(&w, contents).unwrap_or(0);
                         if n != contents.len() {
                             return Err(err(format!(
@@ -275,9 +271,10 @@ pub(super) fn prepare_fds(
             } => listen_tcp_reclaiming(*family, *mptcp, addr, *port, *backlog, *reuseaddr)
                 .map_err(err)?,
             FdKind::UnixListen { path, sock_type } => listen_unix(path, *sock_type).map_err(err)?,
-            FdKind::TcpConnected { .. } | FdKind::UnixConnected { .. } => {
-                dead_socket().map_err(err)?
+            FdKind::TcpConnected { family, mptcp, .. } => {
+                super::closed::tcp(*family, *mptcp).map_err(err)?
             }
+            FdKind::UnixConnected { sock_type } => super::closed::unix(*sock_type).map_err(err)?,
             FdKind::Other { what } => {
                 return Err(err(format!(
                     "cannot restore: {}",

@@ -134,6 +134,8 @@ pub(super) struct ChildSetup<'a> {
     pub(super) close_gaps: &'a [(u32, u32)],
     /// Read end of the `done` pipe (kept by the init only).
     pub(super) done_r: RawFd,
+    /// The program's umask.
+    pub(super) umask: libc::mode_t,
 }
 
 /// Code of the namespace init (B). Never returns.
@@ -228,6 +230,7 @@ pub(super) unsafe fn program_main(setup: &ChildSetup<'_>) -> ! {
         errw,
         exe_raw,
         close_gaps,
+        umask,
         ..
     } = *setup;
     // SAFETY: raw syscalls only, on data prepared before the fork.
@@ -260,6 +263,7 @@ pub(super) unsafe fn program_main(setup: &ChildSetup<'_>) -> ! {
         if libc::chdir(cwd.as_ptr()) < 0 {
             child_fail(errw, b"chdir to the checkpointed working directory");
         }
+        libc::umask(umask);
         for (res, lim) in rlimits {
             // Hard limits cannot be raised here (no CAP_SYS_RESOURCE): keep ours if lower.
             let mut cur = libc::rlimit64 {
