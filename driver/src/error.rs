@@ -7,6 +7,11 @@ use std::io;
 pub enum CaptureError {
     #[error("cannot read {path}: {source}")]
     ProcIo { path: String, source: io::Error },
+    #[error("{path}: {source}")]
+    ProcParse {
+        path: String,
+        source: procfs::ProcError,
+    },
     #[error("cannot parse {path}: {detail}")]
     Proc { path: String, detail: String },
     #[error("ptrace {op} on thread {tid} failed: {source}")]

@@ -1,6 +1,11 @@
 //! Readers for the `/proc/PID/...` files capture needs: maps with smaps VmFlags,
 //! stat (mm layout), status (signal sets, NSpid), fdinfo, auxv, pagemap.
 //!
+//! `stat` and `status` are parsed by the `procfs` crate. The others stay here:
+//! `maps` is read in every freeze and re-reads only what changed
+//! ([`read_maps_fast`]), smaps' `VmFlags` and fdinfo's epoll `tfd` lines are not
+//! in the crate's types, and pagemap is binary.
+//!
 //! Every reader returns an error naming the file and the line it could not parse.
 
 use std::fs;
@@ -154,35 +159,34 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, CaptureError
 }
 
 pub fn read_mm_layout(pid: i32, maps: &[MapEntry]) -> Result<MmLayout, CaptureError> {
+    use procfs::FromRead;
     let path = format!("/proc/{pid}/stat");
     let text = read(&path)?;
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let close = text.rfind(')').ok_or_else(|| bad(&path, 1, "no ')'"))?;
-    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    // f[0] is field 3 (state); field N is f[N-3].
-    let get = |n: usize| -> Result<u64, CaptureError> {
-        f.get(n - 3)
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| bad(&path, 1, &format!("field {n} missing or not a number")))
-    };
-    let start_brk = get(47)?;
+    let st = procfs::process::Stat::from_read(text.as_bytes()).map_err(|source| {
+        CaptureError::ProcParse {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let need = |v: Option<u64>, what: &str| v.ok_or_else(|| bad(&path, 1, what));
+    let start_brk = need(st.start_brk, "start_brk")?;
     let brk = maps
         .iter()
         .find(|m| m.name == "[heap]")
         .map(|m| m.end)
         .unwrap_or(start_brk);
     Ok(MmLayout {
-        start_code: get(26)?,
-        end_code: get(27)?,
-        start_stack: get(28)?,
-        start_data: get(45)?,
-        end_data: get(46)?,
+        start_code: st.startcode,
+        end_code: st.endcode,
+        start_stack: st.startstack,
+        start_data: need(st.start_data, "start_data")?,
+        end_data: need(st.end_data, "end_data")?,
         start_brk,
         brk,
-        arg_start: get(48)?,
-        arg_end: get(49)?,
-        env_start: get(50)?,
-        env_end: get(51)?,
+        arg_start: need(st.arg_start, "arg_start")?,
+        arg_end: need(st.arg_end, "arg_end")?,
+        env_start: need(st.env_start, "env_start")?,
+        env_end: need(st.env_end, "env_end")?,
     })
 }
 
@@ -221,54 +225,33 @@ pub fn read_status_path(path: &str) -> Result<Status, CaptureError> {
 }
 
 fn parse_status_file(path: &str) -> Result<Status, CaptureError> {
-    let path = path.to_string();
-    let text = read(&path)?;
-    let mut st = Status::default();
-    for (i, line) in text.lines().enumerate() {
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        let hex = || u64::from_str_radix(v, 16).map_err(|_| bad(&path, i + 1, k));
-        match k {
-            "SigCgt" => st.sig_cgt = hex()?,
-            "SigIgn" => st.sig_ign = hex()?,
-            "Umask" => st.umask = u32::from_str_radix(v, 8).map_err(|_| bad(&path, i + 1, k))?,
-            "Uid" | "Gid" => {
-                let ids: Vec<u32> = v
-                    .split_whitespace()
-                    .map(|s| s.parse().map_err(|_| bad(&path, i + 1, k)))
-                    .collect::<Result<_, _>>()?;
-                let ids: [u32; 4] = ids.try_into().map_err(|_| bad(&path, i + 1, k))?;
-                if k == "Uid" {
-                    st.uids = ids;
-                } else {
-                    st.gids = ids;
-                }
-            }
-            "Groups" => {
-                st.groups = v
-                    .split_whitespace()
-                    .map(|s| s.parse().map_err(|_| bad(&path, i + 1, k)))
-                    .collect::<Result<_, _>>()?
-            }
-            "CapInh" => st.caps[0] = hex()?,
-            "CapPrm" => st.caps[1] = hex()?,
-            "CapEff" => st.caps[2] = hex()?,
-            "CapBnd" => st.caps[3] = hex()?,
-            "CapAmb" => st.caps[4] = hex()?,
-            "NoNewPrivs" => st.no_new_privs = v == "1",
-            "Seccomp" => st.seccomp = v.parse().map_err(|_| bad(&path, i + 1, k))?,
-            "NSpid" => {
-                st.ns_pid = v
-                    .split_whitespace()
-                    .map(|s| s.parse().map_err(|_| bad(&path, i + 1, k)))
-                    .collect::<Result<_, _>>()?
-            }
-            _ => {}
+    use procfs::FromRead;
+    let text = read(path)?;
+    let s = procfs::process::Status::from_read(text.as_bytes()).map_err(|source| {
+        CaptureError::ProcParse {
+            path: path.to_string(),
+            source,
         }
-    }
-    Ok(st)
+    })?;
+    let need = |what: &str| bad(path, 1, &format!("no {what} line"));
+    Ok(Status {
+        sig_cgt: s.sigcgt,
+        sig_ign: s.sigign,
+        umask: s.umask.ok_or_else(|| need("Umask"))?,
+        ns_pid: s.nspid.ok_or_else(|| need("NSpid"))?,
+        uids: [s.ruid, s.euid, s.suid, s.fuid],
+        gids: [s.rgid, s.egid, s.sgid, s.fgid],
+        groups: s.groups.iter().map(|&g| g as u32).collect(),
+        caps: [
+            s.capinh,
+            s.capprm,
+            s.capeff,
+            s.capbnd.ok_or_else(|| need("CapBnd"))?,
+            s.capamb.ok_or_else(|| need("CapAmb"))?,
+        ],
+        no_new_privs: s.nonewprivs.ok_or_else(|| need("NoNewPrivs"))? == 1,
+        seccomp: s.seccomp.ok_or_else(|| need("Seccomp"))?,
+    })
 }
 
 /// Thread ids of a process (as this pid namespace sees them), sorted.
