@@ -1,7 +1,6 @@
 // kind: /proc/PID and /proc/self/task/TID of the program's own pid and tid (as getpid/gettid return them)
 // area: process
-// expect: gap
-// gap: restore gives the program a new pid namespace but not a /proc mounted for it (no mount namespace), so /proc/<getpid()> names another process or none; a /proc of the program's own namespace needs a mount namespace in restore
+// expect: restored
 #include "conform.h"
 #include <sys/syscall.h>
 

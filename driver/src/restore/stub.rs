@@ -151,6 +151,33 @@ pub(super) fn init_main(set_tid: &[libc::pid_t; 1], setup: &ChildSetup<'_>) -> !
     } = *setup;
     // SAFETY: everything below is raw syscalls on data prepared before the fork.
     unsafe {
+        // A mount namespace with a /proc of the new pid namespace, so that the
+        // program's /proc/<getpid()> and /proc/self/task/<gettid()> are its own
+        // (with the host's /proc they name another process). Mounts made on the
+        // host later still reach it: / is made a slave, not private.
+        if libc::unshare(libc::CLONE_NEWNS) < 0 {
+            child_fail(errw, b"unshare(CLONE_NEWNS)");
+        }
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) < 0
+        {
+            child_fail(errw, b"making / a mount slave in the new mount namespace");
+        }
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ) < 0
+        {
+            child_fail(errw, b"mounting /proc for the new pid namespace");
+        }
         let mut args: libc::clone_args = std::mem::zeroed();
         args.exit_signal = libc::SIGCHLD as u64;
         args.set_tid = set_tid.as_ptr() as u64;
