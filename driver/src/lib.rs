@@ -27,6 +27,7 @@ pub mod image;
 pub mod linux;
 pub mod lock;
 pub mod model;
+pub mod node;
 pub mod replica;
 pub mod restore;
 pub mod run;

@@ -114,6 +114,93 @@ enum Cmd {
         /// Image written by `dump`, or a folder written by `checkpoint`.
         image: PathBuf,
     },
+    /// Write a fresh shared key for a primary and its backup (mode 0600); give both
+    /// sides the same file.
+    Keygen {
+        /// Key file to create (never overwritten).
+        file: PathBuf,
+    },
+    /// Protect a program: launch it (`-- ./app args`) or take `--pid`, stream its
+    /// epochs to a backup, and serve PUBLIC with output commit (a reply leaves only
+    /// once the backup holds the state that produced it).
+    Primary {
+        /// The backup's `--listen` address (HOST:PORT).
+        #[arg(long)]
+        backup: String,
+        /// Shared key file (`cs-driver keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// PUBLIC=APPADDR: clients connect to PUBLIC; the program listens on APPADDR.
+        #[arg(long)]
+        serve: String,
+        /// Milliseconds between epochs (sooner when output waits).
+        #[arg(long, default_value_t = 50)]
+        interval: u64,
+        /// Milliseconds of silence after which the peer is taken for dead.
+        #[arg(long, default_value_t = 1000)]
+        timeout: u64,
+        /// Serve the status (Prometheus text) on this address.
+        #[arg(long)]
+        status: Option<String>,
+        /// No write tracking: every epoch is a full one.
+        #[arg(long)]
+        no_tracking: bool,
+        /// Protect this running process instead of launching one.
+        #[arg(long)]
+        pid: Option<i32>,
+        /// Launch this program and protect it.
+        #[arg(last = true)]
+        argv: Vec<String>,
+    },
+    /// Hold a primary's state and take over when it is lost: restore the last
+    /// committed epoch and serve PUBLIC.
+    Backup {
+        /// Address to accept the primary on.
+        #[arg(long)]
+        listen: String,
+        /// Shared key file (`cs-driver keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// After a promotion, serve this public address (towards the program's own
+        /// address, which the primary tells the backup).
+        #[arg(long)]
+        serve: Option<String>,
+        /// Also persist every committed epoch here (`cs-driver restore DIR` works on it).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Milliseconds of silence after which the primary is taken for dead.
+        #[arg(long, default_value_t = 1000)]
+        timeout: u64,
+        /// Serve the status (Prometheus text) on this address.
+        #[arg(long)]
+        status: Option<String>,
+        /// Path of cs-restore-stub (default: next to cs-driver, or $CS_RESTORE_STUB).
+        #[arg(long)]
+        stub: Option<PathBuf>,
+        /// Append the promoted program's stdout to this file.
+        #[arg(long)]
+        app_stdout: Option<PathBuf>,
+        /// Append the promoted program's stderr to this file.
+        #[arg(long)]
+        app_stderr: Option<PathBuf>,
+    },
+    /// Print a driver's status (its `--status` endpoint), Prometheus text format.
+    Status {
+        /// The driver's `--status` address.
+        addr: String,
+    },
+}
+
+/// The replication timings for a peer timeout of `timeout` ms.
+fn replica_config(interval: u64, timeout: u64) -> cs_driver::replica::Config {
+    let d = cs_driver::replica::Config::default();
+    cs_driver::replica::Config {
+        epoch_interval_ms: interval.max(1),
+        heartbeat_interval_ms: (timeout / 10).clamp(1, d.heartbeat_interval_ms),
+        peer_timeout_ms: timeout,
+        stall_timeout_ms: d.stall_timeout_ms.max(timeout / 2),
+        ..d
+    }
 }
 
 /// Logs of the driver library go to stderr: info and up by default (`-v`: debug,
@@ -367,6 +454,73 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("cs-driver: {e}");
             }
             Ok(code)
+        }
+        Cmd::Keygen { file } => {
+            let info = cs_driver::channel::keygen_command(&file)?;
+            println!("{info}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Primary {
+            backup,
+            key,
+            serve,
+            interval,
+            timeout,
+            status,
+            no_tracking,
+            pid,
+            argv,
+        } => {
+            use cs_driver::node::{parse_addr, primary};
+            let (public, app) = serve.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--serve {serve:?}: expected PUBLIC=APPADDR, e.g. 0.0.0.0:8000=127.0.0.1:7000"
+                )
+            })?;
+            let code = primary::run(primary::PrimaryArgs {
+                backup,
+                key,
+                public: parse_addr("--serve PUBLIC", public)?,
+                app: parse_addr("--serve APPADDR", app)?,
+                cfg: replica_config(interval, timeout),
+                pid,
+                argv,
+                status: status.map(|s| parse_addr("--status", &s)).transpose()?,
+                precopy: !no_tracking,
+            })?;
+            Ok(exit_code(code))
+        }
+        Cmd::Backup {
+            listen,
+            key,
+            serve,
+            state_dir,
+            timeout,
+            status,
+            stub,
+            app_stdout,
+            app_stderr,
+        } => {
+            use cs_driver::node::{backup, parse_addr};
+            let code = backup::run(backup::BackupArgs {
+                listen: parse_addr("--listen", &listen)?,
+                key,
+                public: serve.map(|s| parse_addr("--serve", &s)).transpose()?,
+                state_dir,
+                cfg: replica_config(50, timeout),
+                status: status.map(|s| parse_addr("--status", &s)).transpose()?,
+                restore: restore::RestoreOptions {
+                    stub,
+                    stdout: app_stdout,
+                    stderr: app_stderr,
+                    eager: false,
+                },
+            })?;
+            Ok(exit_code(code))
+        }
+        Cmd::Status { addr } => {
+            print!("{}", cs_driver::node::status::fetch(&addr)?);
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Inspect { image: path } => {
             let verbose = verbose > 0;

@@ -1,0 +1,428 @@
+//! `cs-driver backup`: hold a primary's committed state and take over on its loss.
+//!
+//! The accept task runs the channel handshake for every connection (role backup)
+//! and refuses, with a logged reason, anything without the key; a connection's
+//! reader decodes messages (a message that does not decode closes that
+//! connection, nothing of it is used) and a writer task sends the queued replies.
+//! The loop (this thread) feeds the [`Backup`] machine and runs its actions:
+//! staging in memory, and on `Commit` the verified apply to the [`EpochStore`]
+//! (on a blocking thread) before the `Ack` that follows it is sent.
+//!
+//! If the store refuses an epoch whose transfer checksum matched (a primary bug,
+//! or a payload altered before it was framed), the commit did not happen: this
+//! backup drops its store and machine, closes its connections and starts empty,
+//! so the primary reconnects and sends a new base. Nothing it acked is lost: the
+//! refused epoch was never acked.
+//!
+//! On `Promote` it restores the store's committed epoch with
+//! [`crate::restore::restore`] (lazy fill), and serves the public address
+//! ([`super::proxy::serve_plain`]) towards the program's own address, which the
+//! primary sent in its channel hello (`app=ADDR`). After that it keeps listening as a
+//! serving node (stale primaries are refused), and runs unprotected: accepting a
+//! new backup (re-protection) is not built yet.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smol::channel::Sender;
+
+use super::status::{SharedStats, Stats};
+use super::{host_compat, ms_since, node_id, NodeError, HELLO_APP, TICK};
+use crate::channel::{self, Channel, Role};
+use crate::replica::backup::{BAction, BInput, Backup};
+use crate::replica::msg::{self, EpochKind, Msg};
+use crate::replica::store::EpochStore;
+use crate::replica::Config;
+use crate::restore::{self, RestoreOptions};
+
+/// What `cs-driver backup` was given.
+#[derive(Debug, Clone)]
+pub struct BackupArgs {
+    pub listen: SocketAddr,
+    pub key: PathBuf,
+    pub public: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub cfg: Config,
+    pub status: Option<SocketAddr>,
+    pub restore: RestoreOptions,
+}
+
+enum Ev {
+    Conn {
+        id: u64,
+        q: Sender<Vec<u8>>,
+        close: Sender<()>,
+        app: Option<SocketAddr>,
+        peer: SocketAddr,
+    },
+    Msg(u64, Msg),
+    Down(u64, String),
+    ProgramExited(i32),
+}
+
+struct Conn {
+    q: Sender<Vec<u8>>,
+    close: Sender<()>,
+    app: Option<SocketAddr>,
+}
+
+/// Runs the backup until its promoted program ends (its exit code) or an error.
+pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
+    let key = channel::key::load(&a.key)?;
+    a.cfg.check()?;
+    restore::check_privileges().map_err(|e| NodeError::Restore {
+        epoch: 0,
+        source: e,
+    })?;
+    let stats: SharedStats = Arc::new(Mutex::new(Stats::new("backup")));
+    if let Some(s) = a.status {
+        super::status::start(s, stats.clone())?;
+    }
+    let new_store = || -> Result<EpochStore, NodeError> {
+        let mut s = EpochStore::new();
+        if let Some(d) = &a.state_dir {
+            std::fs::create_dir_all(d).map_err(|e| NodeError::Net {
+                what: "creating the state dir",
+                addr: d.display().to_string(),
+                source: e,
+            })?;
+            s.persist_to(d)?;
+        }
+        Ok(s)
+    };
+    let mut store = Some(new_store()?);
+    let listener =
+        smol::block_on(async_net::TcpListener::bind(a.listen)).map_err(|e| NodeError::Net {
+            what: "listening on",
+            addr: a.listen.to_string(),
+            source: e,
+        })?;
+    tracing::info!(listen = %a.listen, "backup waiting for a primary");
+    let (ev_tx, ev_rx) = smol::channel::unbounded::<Ev>();
+    smol::spawn(accept_task(listener, key, ev_tx.clone())).detach();
+
+    let start = Instant::now();
+    let compat = host_compat();
+    let me = node_id();
+    let mut m = Backup::new(a.cfg.clone(), me, compat)?;
+    let mut conns: HashMap<u64, Conn> = HashMap::new();
+    // The connection of the last Welcome: where a tick's sends go.
+    let mut current: Option<u64> = None;
+    let mut staged: Option<(u64, Vec<u8>)> = None;
+    let mut app: Option<SocketAddr> = None;
+    let mut acts = Vec::new();
+    let mut restored_pid: Option<i32> = None;
+    smol::block_on(async {
+        loop {
+            let first = smol::future::or(async { ev_rx.recv().await.ok() }, async {
+                smol::Timer::after(TICK).await;
+                None
+            })
+            .await;
+            let mut evs: Vec<Ev> = first.into_iter().collect();
+            while let Ok(e) = ev_rx.try_recv() {
+                evs.push(e);
+            }
+            let mut inputs: Vec<(Option<u64>, BInput)> = Vec::new();
+            for e in evs {
+                match e {
+                    Ev::Conn {
+                        id,
+                        q,
+                        close,
+                        app,
+                        peer,
+                    } => {
+                        tracing::info!(%peer, "a primary connected (channel authenticated)");
+                        conns.insert(id, Conn { q, close, app });
+                    }
+                    Ev::Msg(id, msg) => inputs.push((Some(id), BInput::Received(msg))),
+                    Ev::Down(id, why) => {
+                        conns.remove(&id);
+                        tracing::info!("a primary's connection ended: {why}");
+                        if current == Some(id) {
+                            current = None;
+                            inputs.push((None, BInput::Disconnected));
+                        }
+                    }
+                    Ev::ProgramExited(code) => {
+                        tracing::info!("the restored program ended (exit code {code})");
+                        return Ok(code);
+                    }
+                }
+            }
+            inputs.push((None, BInput::Tick));
+            'inputs: for (from, input) in inputs {
+                m.step(ms_since(start), input, &mut acts);
+                let batch: Vec<BAction> = std::mem::take(&mut acts);
+                for act in batch {
+                    match act {
+                        BAction::Send(msg) => {
+                            if matches!(msg, Msg::Welcome { .. }) {
+                                current = from;
+                                if let Some(c) = from.and_then(|id| conns.get(&id)) {
+                                    app = c.app;
+                                }
+                            }
+                            let to = from.or(current);
+                            if let Some(c) = to.and_then(|id| conns.get(&id)) {
+                                if let Ok(b) = msg.to_bytes() {
+                                    let _ = c.q.try_send(b);
+                                }
+                            }
+                        }
+                        BAction::StageBegin { epoch, .. } => staged = Some((epoch, Vec::new())),
+                        BAction::StageData {
+                            epoch,
+                            offset,
+                            bytes,
+                        } => {
+                            if let Some((e, buf)) = staged.as_mut() {
+                                if *e == epoch && buf.len() as u64 == offset {
+                                    buf.extend_from_slice(&bytes);
+                                }
+                            }
+                        }
+                        BAction::StageAbort { .. } => staged = None,
+                        BAction::Commit { term, epoch, kind } => {
+                            let bytes = match staged.take() {
+                                Some((e, b)) if e == epoch => b,
+                                _ => Vec::new(),
+                            };
+                            let mut st = store.take().expect("the store is here until promotion");
+                            let (st, r) = smol::unblock(move || {
+                                let r = st.apply(&bytes);
+                                (st, r)
+                            })
+                            .await;
+                            store = Some(st);
+                            match r {
+                                Ok(applied) => {
+                                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                                    s.term = term;
+                                    s.epoch = applied.epoch;
+                                    s.acked = applied.epoch;
+                                    s.epochs += 1;
+                                    if kind == EpochKind::Full {
+                                        s.full_epochs += 1;
+                                        tracing::info!(
+                                            epoch,
+                                            term,
+                                            pages = applied.stored_pages,
+                                            "committed a full base"
+                                        );
+                                    } else {
+                                        tracing::debug!(
+                                            epoch,
+                                            term,
+                                            pages = applied.pages_written,
+                                            "committed a delta"
+                                        );
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::error!(epoch, "the store refused epoch {epoch} after its transfer checksum matched: {e}; dropping this backup's state and starting empty (the primary will send a new base)");
+                                    for (_, c) in conns.drain() {
+                                        let _ = c.close.try_send(());
+                                    }
+                                    current = None;
+                                    staged = None;
+                                    store = Some(new_store()?);
+                                    m = Backup::new(a.cfg.clone(), me, compat)?;
+                                    *stats.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Stats::new("backup");
+                                    break 'inputs;
+                                }
+                            }
+                        }
+                        BAction::Promote { term, epoch } => {
+                            let pid =
+                                promote(&a, &mut store, app, term, epoch, &stats, ev_tx.clone())
+                                    .await?;
+                            restored_pid = Some(pid);
+                        }
+                        BAction::CannotPromote { why } => {
+                            tracing::warn!(
+                                "the primary is silent, and this backup cannot take over: {why}"
+                            );
+                        }
+                        BAction::Superseded { term } => {
+                            tracing::error!(term, "SUPERSEDED: a primary of a newer term exists; stopping the program this node serves");
+                            if let Some(p) = restored_pid.take() {
+                                let _ = crate::linux::sys::kill(p, libc::SIGKILL);
+                            }
+                            return Err(NodeError::Fenced { term });
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn promote(
+    a: &BackupArgs,
+    store: &mut Option<EpochStore>,
+    app: Option<SocketAddr>,
+    term: u64,
+    epoch: u64,
+    stats: &SharedStats,
+    ev: Sender<Ev>,
+) -> Result<i32, NodeError> {
+    let t = Instant::now();
+    tracing::warn!(
+        epoch,
+        term,
+        "the primary is silent: PROMOTING epoch {epoch} as term {term}"
+    );
+    let st = store.take().expect("a store until promotion");
+    let opts = a.restore.clone();
+    let restored = smol::unblock(move || {
+        let (e, pages) = st
+            .into_restorable()
+            .ok_or(NodeError::NothingToPromote { epoch })?;
+        let ns_pid = e.process.pid;
+        restore::restore(&e, pages, &opts)
+            .map(|r| (r, ns_pid))
+            .map_err(|source| NodeError::Restore { epoch, source })
+    })
+    .await;
+    let (mut r, ns_pid) = restored?;
+    let host_pid = r.host_pid;
+    if let Some(l) = r.lazy.take() {
+        std::thread::spawn(move || {
+            if let Err(e) = l.wait() {
+                tracing::error!("the promoted program's page fill failed: {e}");
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        let code = r.wait();
+        let _ = ev.send_blocking(Ev::ProgramExited(code));
+    });
+    if let (Some(public), Some(app)) = (a.public, app) {
+        let l = super::listen_freebind(public)?;
+        smol::spawn(super::proxy::serve_plain(l, app)).detach();
+        tracing::warn!(%public, %app, "serving the public address");
+    } else if a.public.is_some() {
+        tracing::warn!("the primary never said where its program listens (no app= in its hello): not serving the public address");
+    }
+    {
+        let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.role = "serving";
+        s.term = term;
+        s.promoted_epoch = Some(epoch);
+    }
+    tracing::warn!(
+        epoch,
+        term,
+        host_pid,
+        pid = ns_pid,
+        restore_ms = t.elapsed().as_secs_f64() * 1000.0,
+        "PROMOTED at epoch {epoch}: the program runs here now (unprotected: no new backup is accepted yet)"
+    );
+    Ok(host_pid)
+}
+
+async fn accept_task(listener: async_net::TcpListener, key: channel::Key, ev: Sender<Ev>) {
+    let key = Arc::new(key);
+    let mut next_id = 0u64;
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            smol::Timer::after(Duration::from_millis(10)).await;
+            continue;
+        };
+        next_id += 1;
+        let (id, key, ev) = (next_id, key.clone(), ev.clone());
+        smol::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let hs = smol::future::or(
+                async {
+                    Channel::accept(stream, &key, Role::Backup, b"")
+                        .await
+                        .map_err(|e| e.to_string())
+                },
+                async {
+                    smol::Timer::after(Duration::from_secs(5)).await;
+                    Err("no handshake within 5 s".to_string())
+                },
+            )
+            .await;
+            let ch = match hs {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(%peer, "REFUSED a connection: {e}");
+                    return;
+                }
+            };
+            let app = std::str::from_utf8(ch.peer_hello())
+                .ok()
+                .and_then(|h| h.strip_prefix(HELLO_APP))
+                .and_then(|s| s.parse().ok());
+            let (mut tx, mut rx) = ch.split();
+            let (q_tx, q_rx) = smol::channel::unbounded::<Vec<u8>>();
+            let (close_tx, close_rx) = smol::channel::bounded::<()>(1);
+            let writer = {
+                let close_tx = close_tx.clone();
+                smol::spawn(async move {
+                    while let Ok(b) = q_rx.recv().await {
+                        if tx.send(&b).await.is_err() {
+                            let _ = close_tx.try_send(());
+                            return;
+                        }
+                    }
+                })
+            };
+            if ev
+                .send(Ev::Conn {
+                    id,
+                    q: q_tx,
+                    close: close_tx,
+                    app,
+                    peer,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let why = loop {
+                let got = smol::future::or(async { Some(rx.recv().await) }, async {
+                    let _ = close_rx.recv().await;
+                    None
+                })
+                .await;
+                match got {
+                    None => break "closed by this side".to_string(),
+                    Some(Err(e)) => {
+                        if e.is_refusal() {
+                            tracing::error!(%peer, "REFUSED data from the primary: {e}");
+                        }
+                        break e.to_string();
+                    }
+                    Some(Ok(bytes)) => match msg::decode(&bytes) {
+                        Ok((m, used)) if used == bytes.len() => {
+                            if ev.send(Ev::Msg(id, m)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok((m, _)) => {
+                            tracing::error!(%peer, "REFUSED a {} with trailing bytes", m.name());
+                            break "a message with trailing bytes".to_string();
+                        }
+                        Err(e) => {
+                            tracing::error!(%peer, "REFUSED a message: {e}");
+                            break format!("a message that does not decode: {e}");
+                        }
+                    },
+                }
+            };
+            writer.cancel().await;
+            let _ = ev.send(Ev::Down(id, why)).await;
+        })
+        .detach();
+    }
+}
