@@ -186,3 +186,110 @@ fn kvstore_fails_over_to_the_backup_when_the_primary_machine_dies() {
         failover_under_load(tc);
     }
 }
+
+/// Starts a backup (key `bkey`) and a primary (key `pkey`) protecting a small
+/// kvstore on `pair`, each with a status endpoint; returns (primary, backup,
+/// public, primary status, backup status).
+fn start_pair(
+    pair: &Pair,
+    dir: &Path,
+    pkey: &Path,
+    bkey: &Path,
+) -> (Driver, Driver, String, String, String) {
+    let listen = format!("{}:9100", pair.backup().addr());
+    let public = format!("{}:8000", pair.public_addr());
+    let pstatus = format!("{}:9200", pair.primary().addr());
+    let bstatus = format!("{}:9200", pair.backup().addr());
+    pair.primary()
+        .claim_public()
+        .expect("public address on the primary");
+    let mut bcmd = pair.backup().command(driver::driver());
+    bcmd.args(["backup", "--listen", &listen, "--key"])
+        .arg(bkey)
+        .args(["--serve", &public, "--status", &bstatus]);
+    let mut backup = spawn(bcmd, &dir.join("backup.log"));
+    backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
+    let mut pcmd = pair.primary().command(driver::driver());
+    pcmd.args(["primary", "--backup", &listen, "--key"])
+        .arg(pkey)
+        .args([
+            "--serve",
+            &format!("{public}={APP}"),
+            "--status",
+            &pstatus,
+            "--",
+        ])
+        .arg(fixture_bin(GoToolchain::Go127, "kvstore"))
+        .args(["-addr", APP, "-preload-mib", "8"]);
+    let mut primary = spawn(pcmd, &dir.join("primary.log"));
+    primary.wait_for("READY", Duration::from_secs(30));
+    (primary, backup, public, pstatus, bstatus)
+}
+
+fn status(addr: &str) -> String {
+    let out = driver::cs_ok(&["status", addr]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn put_get(public: &str, key: &str, value: &str) {
+    let r = kv_request(
+        public,
+        &format!("PUT {key} {value}"),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("PUT {key} through {public}: {e}"));
+    assert!(r.contains("OK"), "PUT {key} answered {r:?}");
+    let got = kv_get(public, key, Duration::from_secs(10)).expect("GET");
+    assert_eq!(got.as_deref(), Some(value));
+}
+
+#[test]
+fn a_primary_with_another_key_is_refused_and_nothing_is_applied() {
+    let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
+    let dir = temp_dir("replication-key");
+    let (pkey, bkey) = (dir.path().join("pkey"), dir.path().join("bkey"));
+    driver::cs_ok(&["keygen", pkey.to_str().unwrap()]);
+    driver::cs_ok(&["keygen", bkey.to_str().unwrap()]);
+    let (mut primary, mut backup, public, pstatus, bstatus) =
+        start_pair(&pair, dir.path(), &pkey, &bkey);
+    backup.wait_for("REFUSED a connection", Duration::from_secs(20));
+    primary.wait_for("same key file", Duration::from_secs(20));
+    // The program serves, unprotected: output is released without a backup.
+    put_get(&public, "k", "v1");
+    std::thread::sleep(Duration::from_millis(500));
+    let b = status(&bstatus);
+    assert!(b.contains("\nchecksync_epochs_total 0\n"), "{b}");
+    assert!(b.contains("\nchecksync_epoch 0\n"), "{b}");
+    let p = status(&pstatus);
+    assert!(p.contains("\nchecksync_protected 0\n"), "{p}");
+    let blog = backup.log();
+    assert!(!blog.contains("committed"), "{blog}");
+    assert!(!blog.contains("a primary connected"), "{blog}");
+    drop(primary);
+    drop(backup);
+    pair.close().expect("tear down the pair");
+}
+
+#[test]
+fn the_backup_killed_leaves_the_primary_serving_unprotected() {
+    let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
+    let dir = temp_dir("replication-backup-dies");
+    let key = dir.path().join("key");
+    driver::cs_ok(&["keygen", key.to_str().unwrap()]);
+    let (mut primary, backup, public, pstatus, _) = start_pair(&pair, dir.path(), &key, &key);
+    primary.wait_for("PROTECTED", Duration::from_secs(30));
+    put_get(&public, "before", "1");
+    let p = status(&pstatus);
+    assert!(p.contains("\nchecksync_protected 1\n"), "{p}");
+    pair.backup()
+        .kill_all()
+        .expect("kill the backup machine's processes");
+    drop(backup);
+    primary.wait_for("UNPROTECTED", Duration::from_secs(20));
+    put_get(&public, "after", "2");
+    let p = status(&pstatus);
+    assert!(p.contains("\nchecksync_protected 0\n"), "{p}");
+    assert!(p.contains("checksync_role{role=\"primary\"} 1"), "{p}");
+    drop(primary);
+    pair.close().expect("tear down the pair");
+}
