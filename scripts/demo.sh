@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# CheckSync demo: set up, then protect the kvstore fixture while a load client runs,
-# checkpoint it, kill it (the "machine dies"), bring it back from the checkpoint in a
-# fresh process, and show that the client carried on and every answer was right.
+# CheckSync demo: set up, then protect the kvstore fixture with a live primary and
+# backup while a load client runs through the public port; kill the primary's
+# "machine" (the primary driver and the program it protects, SIGKILL); the backup
+# takes over from its in-memory copy, the client reconnects to the same public
+# address, and its recorded history is checked.
 #
-# Live primary/backup replication is not built yet: this demo fails over from a
-# checkpoint image on one host (cs-driver dump / restore). See README "Status".
+# Everything runs on this host: the primary's and the backup's processes share the
+# loopback, so the public port moves simply because the dead primary's listener is
+# gone. The two-machine version (network namespaces, a machine powered off, a
+# floating public address) is the test `cargo test --release -p cs-tests --test replication`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -17,42 +21,61 @@ cargo build -q --release -p cs-driver -p cs-tests --bins
 cargo build -q --release -p restore-stub --features bin
 bash scripts/build-fixtures.sh >/dev/null
 B=go-fixtures/build/go1.27.3
-CS=target/release/cs-driver
+T=${CARGO_TARGET_DIR:-target}/release
+CS=$T/cs-driver
+PUBLIC=127.0.0.1:18000 APP=127.0.0.1:17000 REPL=127.0.0.1:19100
+PSTAT=127.0.0.1:19102 BSTAT=127.0.0.1:19101
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # The program the backup restored (its host pid is in the backup's log).
+  rp=$(grep -o 'host_pid=[0-9]*' "$work/backup.log" 2>/dev/null | head -n 1 | cut -d= -f2 || true)
+  [ -n "$rp" ] && kill -9 "$rp" 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
-say "starting kvstore (Go 1.27.3, MPTCP listener, 64 MiB preloaded)"
-"$B/kvstore" -addr 127.0.0.1:0 -preload-mib 64 >"$work/kv.out" 2>"$work/kv.err" &
-pids+=($!)
-for _ in $(seq 100); do grep -q READY "$work/kv.out" && break; sleep 0.1; done
-read -r _ pid addr <"$work/kv.out"
-echo "kvstore pid $pid listening on $addr"
+say "a shared key for the pair: cs-driver keygen"
+"$CS" keygen "$work/key"
 
-say "load client: 4 connections for 8 s, recording every operation"
-"$B/kvclient" -addr "$addr" -conns 4 -duration 8s -keys 50 -history "$work/history.jsonl" \
+say "backup: cs-driver backup --listen $REPL --serve $PUBLIC"
+"$CS" backup --listen "$REPL" --key "$work/key" --serve "$PUBLIC" --status "$BSTAT" \
+  --app-stdout "$work/restored.out" --app-stderr "$work/restored.err" 2>"$work/backup.log" &
+pids+=($!)
+sleep 0.5
+
+say "primary: cs-driver primary --serve $PUBLIC=$APP -- kvstore (Go 1.27.3, 64 MiB preloaded)"
+"$CS" primary --backup "$REPL" --key "$work/key" --serve "$PUBLIC=$APP" --status "$PSTAT" \
+  -- "$B/kvstore" -addr "$APP" -preload-mib 64 >"$work/kv.out" 2>"$work/primary.log" &
+primary=$!
+pids+=($primary)
+for _ in $(seq 300); do grep -q PROTECTED "$work/primary.log" && break; sleep 0.1; done
+grep -q PROTECTED "$work/primary.log" || { cat "$work/primary.log" "$work/backup.log"; exit 1; }
+cat "$work/primary.log"
+
+say "load client through the public port: 4 connections for 10 s, recording every operation"
+"$B/kvclient" -addr "$PUBLIC" -conns 4 -duration 10s -keys 50 -history "$work/history.jsonl" \
   >"$work/client.json" 2>"$work/client.err" &
 client=$!
 pids+=($client)
-sleep 2
+sleep 4
+say "status of the primary (cs-driver status $PSTAT)"
+"$CS" status "$PSTAT" | grep -v '^#' | grep -v _bucket
 
-say "checkpoint + primary death: cs-driver dump $pid (captures, then kills the program)"
-"$CS" dump "$pid" -o "$work/kv.img"
-"$CS" inspect "$work/kv.img" | head -n 12
-
-say "failover: cs-driver restore (fresh process, same pid and tids in new pid/time namespaces)"
-restored=$("$CS" restore "$work/kv.img" --detach --stdout "$work/restored.out" --stderr "$work/restored.err")
-pids+=($restored)
-echo "restored program runs as host pid $restored; inside its namespace it is still pid $pid:"
-grep NSpid "/proc/$restored/status"
+say "the primary's machine dies: SIGKILL the primary driver and the kvstore"
+kv=$(pgrep -P "$primary" | head -n 1)
+kill -9 "$primary" "$kv"
+for _ in $(seq 100); do grep -q PROMOTED "$work/backup.log" && break; sleep 0.1; done
+cat "$work/backup.log"
 
 say "waiting for the load client to finish"
 wait "$client" || true
 echo "client summary: $(tail -n 1 "$work/client.json")"
-grep -E "reconnect|connection" "$work/client.err" | tail -n 3 || true
+say "status of the promoted backup (cs-driver status $BSTAT)"
+"$CS" status "$BSTAT" | grep -v '^#' | grep -v _bucket
 
 say "checking: the history is linearizable, every preloaded value is intact"
-target/release/cs-check kv "$work/history.jsonl"
-target/release/cs-check preload "$addr" 64
-say "done: the service survived the loss of its process with no wrong answer"
+"$T/cs-check" kv "$work/history.jsonl"
+"$T/cs-check" preload "$PUBLIC" 64
+say "done: the service survived the loss of its primary with no wrong answer"

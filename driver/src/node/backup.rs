@@ -398,7 +398,9 @@ async fn accept_task(listener: async_net::TcpListener, key: channel::Key, ev: Se
                 match got {
                     None => break "closed by this side".to_string(),
                     Some(Err(e)) => {
-                        if e.is_refusal() {
+                        if matches!(e, channel::ChannelError::Truncated { .. }) {
+                            // What a primary that died mid-stream leaves: no refusal.
+                        } else if e.is_refusal() {
                             tracing::error!(%peer, "REFUSED data from the primary: {e}");
                         }
                         break e.to_string();
