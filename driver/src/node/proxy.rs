@@ -164,3 +164,58 @@ pub async fn serve_plain(listener: TcpListener, app: SocketAddr) {
         .detach();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An echo "program" behind the committed proxy: a reply reaches the client
+    /// only once released up to its end, and the numbering counts every byte.
+    #[test]
+    fn output_is_held_until_released() {
+        smol::block_on(async {
+            let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let app_addr = app.local_addr().unwrap();
+            smol::spawn(async move {
+                while let Ok((s, _)) = app.accept().await {
+                    smol::spawn(async move {
+                        let _ = smol::io::copy(s.clone(), s).await;
+                    })
+                    .detach();
+                }
+            })
+            .detach();
+            let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let public_addr = public.local_addr().unwrap();
+            let outbox = Arc::new(Outbox::new());
+            let (tx, rx) = smol::channel::unbounded();
+            smol::spawn(serve_committed(public, app_addr, outbox.clone(), tx)).detach();
+
+            let mut c = TcpStream::connect(public_addr).await.unwrap();
+            c.write_all(b"hello").await.unwrap();
+            // The program answered (the proxy read it) ...
+            let seq = rx.recv().await.unwrap();
+            assert_eq!(seq, 5);
+            assert_eq!(outbox.produced(), 5);
+            // ... but nothing reaches the client before the release.
+            let mut buf = [0u8; 16];
+            let early = smol::future::or(async { Some(c.read(&mut buf).await) }, async {
+                smol::Timer::after(Duration::from_millis(200)).await;
+                None
+            })
+            .await;
+            assert!(early.is_none(), "output left before its release: {early:?}");
+            outbox.release(4);
+            let early = smol::future::or(async { Some(c.read(&mut buf).await) }, async {
+                smol::Timer::after(Duration::from_millis(200)).await;
+                None
+            })
+            .await;
+            assert!(early.is_none(), "a chunk left before its end was released");
+            outbox.release(5);
+            let n = c.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"hello");
+        });
+    }
+}
