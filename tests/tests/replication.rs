@@ -126,7 +126,19 @@ fn failover_under_load(tc: GoToolchain) {
     )
     .expect("PUT marker through the public address");
     assert!(r.contains("OK"), "PUT marker answered {r:?}");
-    std::thread::sleep(Duration::from_millis(700));
+    // The death comes at a moment that differs between runs (printed, so a
+    // failing run can be repeated with CS_REPL_DEATH_MS).
+    let death_ms: u64 = std::env::var("CS_REPL_DEATH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            200 + u64::from(n) % 3000
+        });
+    eprintln!("{tc:?}: the primary machine dies {death_ms} ms after the marker write (CS_REPL_DEATH_MS={death_ms})");
+    std::thread::sleep(Duration::from_millis(death_ms));
 
     let died = Instant::now();
     pair.primary()
