@@ -1409,10 +1409,6 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    pub(crate) fn new(remote: u64, len: usize, local: usize) -> Job {
-        Job { remote, len, local }
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.len
     }
