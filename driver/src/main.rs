@@ -635,7 +635,7 @@ fn checkpoint(
         let path = dir.join(chain::name(c.epoch.number, c.epoch.full));
         // The program runs while its epoch is written: on a small machine the
         // encoding must not take the CPU from it. The freeze keeps normal priority.
-        let _low = LowPriority::new();
+        let _low = cs_driver::linux::sys::LowPriority::new();
         let mut out = image::ImageOut::create(&path)?;
         let stats = out
             .write(c, &mut |_, _| {})
@@ -740,29 +740,6 @@ fn checkpoint(
         session.pid()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// This thread at nice 19 until dropped (then back to where it was).
-struct LowPriority(i32);
-
-impl LowPriority {
-    fn new() -> LowPriority {
-        // SAFETY: gettid(2) and getpriority/setpriority(2) on this thread, integers only.
-        unsafe {
-            let tid = libc::gettid() as libc::id_t;
-            let was = libc::getpriority(libc::PRIO_PROCESS, tid);
-            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-            LowPriority(was)
-        }
-    }
-}
-
-impl Drop for LowPriority {
-    fn drop(&mut self) {
-        // SAFETY: as above; raising it back needs CAP_SYS_NICE, which a driver that
-        // may ptrace the program has as root (otherwise it stays low: harmless).
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, self.0) };
-    }
 }
 
 /// Waits for a background fold and reports it. A fold cut short by Ctrl-C is no

@@ -410,7 +410,7 @@ fn pre_round(
 }
 
 /// At most this many pre-copy rounds before a freeze.
-const PRE_ROUNDS: usize = 3;
+const PRE_ROUNDS: usize = 2;
 /// A round that finds fewer written pages than this is the last (copying them
 /// in the freeze costs ~1 µs a page).
 const PRE_ROUND_ENOUGH: u64 = 64;

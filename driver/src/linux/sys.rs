@@ -352,6 +352,36 @@ pub fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
+/// This thread at nice 19 until dropped (then back to where it was).
+#[derive(Debug)]
+pub struct LowPriority(i32);
+
+impl LowPriority {
+    pub fn new() -> LowPriority {
+        // SAFETY: gettid(2) and getpriority/setpriority(2) on this thread, integers only.
+        unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            let was = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            LowPriority(was)
+        }
+    }
+}
+
+impl Default for LowPriority {
+    fn default() -> LowPriority {
+        LowPriority::new()
+    }
+}
+
+impl Drop for LowPriority {
+    fn drop(&mut self) {
+        // SAFETY: as above; raising it back needs CAP_SYS_NICE, which a driver that
+        // may ptrace the program has as root (otherwise it stays low: harmless).
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, self.0) };
+    }
+}
+
 /// Sends `sig` to thread `tid` of process `pid`.
 pub fn tgkill(pid: i32, tid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: tgkill takes three integers and touches no memory of ours.
