@@ -805,3 +805,38 @@ fn what_is_not_an_image_is_refused_at_once() {
         "restore as uid 65534: {said}"
     );
 }
+
+/// A dump taken while the program grows its heap (kvstore preloading 256 MiB) must
+/// succeed: `/proc/PID/smaps` read while a mapping grows lists it twice (same start,
+/// a larger end), which once made the pre-copy stage its pages twice and the image
+/// encoder refuse the capture ("dirty page ... is not above the previous one", 2 of
+/// 12 dumps here before the fix).
+#[test]
+fn a_dump_while_the_heap_grows_succeeds() {
+    let dir = temp_dir("dump-growing");
+    let mut s = seed();
+    for i in 0..10 {
+        let mut kv = Command::new(fixture_bin(GoToolchain::Go127, "kvstore"))
+            .args(["-addr", "127.0.0.1:0", "-preload-mib", "256"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kvstore");
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(100 + (s >> 33) % 800));
+        let image = dir.path().join(format!("grow-{i}.img"));
+        let out = run_dump(kv.id(), &image, &["--leave-running"], &[]);
+        let _ = kv.kill();
+        let _ = kv.wait();
+        assert!(
+            out.status.success(),
+            "dump {i} of a growing kvstore failed: {}",
+            stderr_of(&out)
+        );
+        inspect_ok(&image).unwrap_or_else(|e| panic!("dump {i}: {e}"));
+        let _ = std::fs::remove_file(&image);
+    }
+}

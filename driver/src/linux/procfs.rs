@@ -65,7 +65,30 @@ fn read(path: &str) -> Result<String, CaptureError> {
 pub fn read_maps(pid: i32) -> Result<Vec<MapEntry>, CaptureError> {
     let path = format!("/proc/{pid}/smaps");
     let text = read(&path)?;
-    parse_smaps(&path, &text)
+    Ok(newest_view(parse_smaps(&path, &text)?))
+}
+
+/// Of a maps listing read while the program ran, the newest view of each range.
+/// The kernel prints the file in several reads and resumes each after the last
+/// mapping it printed: a mapping that grew in between (Go's heap) is printed again,
+/// with the same start and a larger end (seen here: a kvstore's heap listed as
+/// both 196 and 200 MiB during its preload, which made the pre-copy stage its pages
+/// twice and the image encoder refuse the capture). Entries come in address order;
+/// one that starts before the previous one ends is the later view and replaces it.
+pub fn newest_view(mut maps: Vec<MapEntry>) -> Vec<MapEntry> {
+    let mut out: Vec<MapEntry> = Vec::with_capacity(maps.len());
+    for m in maps.drain(..) {
+        while out.last().is_some_and(|p| m.start < p.end) {
+            let p = out.pop().expect("checked");
+            if p.start < m.start {
+                // The earlier view's part before the later one still stands.
+                out.push(MapEntry { end: m.start, ..p });
+                break;
+            }
+        }
+        out.push(m);
+    }
+    out
 }
 
 /// The mappings, read during the freeze from `/proc/PID/maps` (cheap), with the
@@ -461,6 +484,38 @@ impl Pagemap {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_mapping_printed_twice_while_it_grew_keeps_its_newest_view() {
+        let m = |start: u64, end: u64| MapEntry {
+            start,
+            end,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            inode: 0,
+            name: String::new(),
+            vm_flags: Vec::new(),
+            rss_kb: 0,
+        };
+        let got = newest_view(vec![
+            m(0x1000, 0x2000),
+            m(0x5000, 0x8000),
+            m(0x5000, 0x9000),
+            m(0xa000, 0xb000),
+        ]);
+        let ranges: Vec<(u64, u64)> = got.iter().map(|e| (e.start, e.end)).collect();
+        assert_eq!(
+            ranges,
+            vec![(0x1000, 0x2000), (0x5000, 0x9000), (0xa000, 0xb000)]
+        );
+        // A later view that starts inside an earlier one trims it.
+        let got = newest_view(vec![m(0x5000, 0x9000), m(0x7000, 0xa000)]);
+        let ranges: Vec<(u64, u64)> = got.iter().map(|e| (e.start, e.end)).collect();
+        assert_eq!(ranges, vec![(0x5000, 0x7000), (0x7000, 0xa000)]);
+    }
+
     use super::*;
 
     #[test]
