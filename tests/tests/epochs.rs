@@ -278,6 +278,44 @@ fn broken_tracker_is_caught(mode: &str, provoke: &dyn Fn(&str)) {
     assert_eq!(uffd_fds(pid), 0, "{mode}: tracker left in the program");
 }
 
+/// A pre-copy round whose copy fails (a page unmapped under it while the program
+/// runs; here forced by `CS_TEST_PRE_ROUND_FAIL`, which also leaves the staged
+/// bytes unwritten) makes the freeze copy every staged page again: the chain stays
+/// exact under load, and the newest epoch restores.
+#[test]
+fn a_failed_pre_copy_round_is_copied_again_in_the_freeze() {
+    let tc = GoToolchain::Go127;
+    let dir = temp_dir("epochs-prefail");
+    let ck = dir.path().join("ck");
+    let store = Service::start(
+        &fixture_bin(tc, "kvstore"),
+        &["-addr", "127.0.0.1:0", "-preload-mib", "32"],
+    )
+    .expect("start kvstore");
+    let (pid, addr) = (store.pid(), store.addr().to_string());
+    kv_put(&addr, MARKER, MARKER);
+    let hist = dir.path().join("history.jsonl");
+    let mut client = kv_load(tc, &addr, "2s", &hist).spawn().expect("kvclient");
+    let ckp = checkpoint(
+        pid,
+        &ck,
+        &["--interval", "50", "--count", "20"],
+        &[
+            ("CS_TEST_VERIFY_CHAIN", "1"),
+            ("CS_TEST_PRE_ROUND_FAIL", "1"),
+        ],
+    );
+    assert!(client.wait().unwrap().success(), "the load client failed");
+    let (status, said) = finish(ckp, Duration::from_secs(120));
+    assert!(status.success(), "checkpoint failed ({status}):\n{said}");
+    kv_put(&addr, "last", "x");
+    drop(store);
+    wait_gone(pid);
+    let r = restore_detached_with(&ck, dir.path(), &[]).expect("restore of the newest epoch");
+    check_serving(r.pid, &addr, 1, MARKER).expect("restored");
+    verify_preload(&addr, 32, Duration::from_secs(60)).expect("preloaded values");
+}
+
 #[test]
 fn a_delta_missing_a_written_page_fails_the_chain_check() {
     let n = std::cell::Cell::new(0u32);

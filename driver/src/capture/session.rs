@@ -362,8 +362,14 @@ fn pre_round(
     // freeze then copies only what was written since the last round.
     for _ in 0..PRE_ROUNDS {
         listed.clear();
-        track::written_and_reprotect_skipping(&tracker.pagemap, first.start, last.end, &mut listed)
-            .map_err(scan_err)?;
+        track::written_and_reprotect(
+            &tracker.pagemap,
+            first.start,
+            last.end,
+            track::Walk::Skipping,
+            &mut listed,
+        )
+        .map_err(scan_err)?;
         let written: Vec<(u64, u64)> = listed.iter().map(|r| (r.start, r.end)).collect();
         let found = written.iter().map(|r| (r.1 - r.0) / PAGE).sum::<u64>();
         let held: Vec<(u64, u64)> = staged
@@ -390,8 +396,16 @@ fn pre_round(
         staged = spans;
         bytes = len;
         // The program runs: a listed page can be unmapped before it is read. Then
-        // the freeze copies every staged page again instead.
-        if copy_jobs(pid, jobs, staging.as_mut_slice()).is_err() {
+        // the freeze copies every staged page again instead. Test switch
+        // `CS_TEST_PRE_ROUND_FAIL=1`: the copy is skipped and taken as failed (the
+        // staged bytes are then garbage, so only the freeze's copy can make the
+        // chain exact).
+        let failed = if std::env::var_os("CS_TEST_PRE_ROUND_FAIL").is_some() {
+            true
+        } else {
+            copy_jobs(pid, jobs, staging.as_mut_slice()).is_err()
+        };
+        if failed {
             return Ok(PreRound {
                 staged,
                 bytes,
@@ -472,8 +486,14 @@ pub(crate) fn capture_delta(
         let tracked = track::is_tracked(&tracker.pagemap, m.start).map_err(scan_err)?;
         if tracked {
             listed.clear();
-            track::written_and_reprotect(&tracker.pagemap, m.start, m.end, &mut listed)
-                .map_err(scan_err)?;
+            track::written_and_reprotect(
+                &tracker.pagemap,
+                m.start,
+                m.end,
+                track::Walk::Tracked,
+                &mut listed,
+            )
+            .map_err(scan_err)?;
             // Every listed page is read, present or not: a released anonymous
             // page reads as zeros (the encoder writes a zero run for it) and one
             // of a file mapping as the file's bytes. The read maps the zero page

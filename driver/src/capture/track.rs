@@ -92,42 +92,39 @@ pub fn scan(
     uffd::pagemap_scan(pagemap.as_raw_fd(), start, end, q, out)
 }
 
+/// Which mappings a [`written_and_reprotect`] walk may meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    /// Only mappings this tracker registered (the freeze: a range of one tracked
+    /// mapping); anything else is an error.
+    Tracked,
+    /// Any: mappings the tracker does not know, and holes, are skipped (the pre-copy
+    /// round over the whole address space while the program runs and its mappings
+    /// can change under the call).
+    Skipping,
+}
+
 /// Lists the pages of `[start, end)` written since they were last protected and
 /// protects them again in the same walk (`PM_SCAN_WP_MATCHING` with the
-/// `PAGE_IS_WRITTEN`-only query): what an epoch's freeze needs, for a range this
-/// tracker registered. A page written after this call is listed by the next one.
+/// `PAGE_IS_WRITTEN`-only query). A page written after this call is listed by the
+/// next one.
 pub fn written_and_reprotect(
     pagemap: &File,
     start: u64,
     end: u64,
+    walk: Walk,
     out: &mut Vec<PageRegion>,
 ) -> std::io::Result<()> {
+    let flags = match walk {
+        Walk::Tracked => uffd::PM_SCAN_WP_MATCHING | uffd::PM_SCAN_CHECK_WPASYNC,
+        Walk::Skipping => uffd::PM_SCAN_WP_MATCHING,
+    };
     uffd::pagemap_scan_flags(
         pagemap.as_raw_fd(),
         start,
         end,
         Query::written_only(),
-        uffd::PM_SCAN_WP_MATCHING | uffd::PM_SCAN_CHECK_WPASYNC,
-        out,
-    )
-}
-
-/// [`written_and_reprotect`] for a range that may hold mappings this tracker did
-/// not register (the program runs, so its mappings can change under the call):
-/// those are skipped, as are holes. For an epoch's pre-copy round over the
-/// program's whole address space in one call.
-pub fn written_and_reprotect_skipping(
-    pagemap: &File,
-    start: u64,
-    end: u64,
-    out: &mut Vec<PageRegion>,
-) -> std::io::Result<()> {
-    uffd::pagemap_scan_flags(
-        pagemap.as_raw_fd(),
-        start,
-        end,
-        Query::written_only(),
-        uffd::PM_SCAN_WP_MATCHING,
+        flags,
         out,
     )
 }
@@ -500,7 +497,7 @@ mod epoch_facts {
 
     fn written(t: &Tracker, base: u64, len: u64) -> Vec<u64> {
         let mut out = Vec::new();
-        written_and_reprotect(&t.pagemap, base, base + len, &mut out).expect("scan");
+        written_and_reprotect(&t.pagemap, base, base + len, Walk::Tracked, &mut out).expect("scan");
         out.iter()
             .flat_map(|r| {
                 (r.start..r.end)
