@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use smol::channel::Sender;
 
 use super::status::{SharedStats, Stats};
-use super::{host_compat, ms_since, node_id, NodeError, HELLO_APP, TICK};
+use super::{host_compat, ms_since, next_events, node_id, NodeError, HELLO_APP};
 use crate::channel::{self, Channel, Role};
 use crate::replica::backup::{BAction, BInput, Backup};
 use crate::replica::msg::{self, EpochKind, Msg};
@@ -117,15 +117,7 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
     let mut restored_pid: Option<i32> = None;
     smol::block_on(async {
         loop {
-            let first = smol::future::or(async { ev_rx.recv().await.ok() }, async {
-                smol::Timer::after(TICK).await;
-                None
-            })
-            .await;
-            let mut evs: Vec<Ev> = first.into_iter().collect();
-            while let Ok(e) = ev_rx.try_recv() {
-                evs.push(e);
-            }
+            let evs = next_events(&ev_rx).await;
             let mut inputs: Vec<(Option<u64>, BInput)> = Vec::new();
             for e in evs {
                 match e {

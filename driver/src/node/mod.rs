@@ -40,6 +40,21 @@ use crate::restore::RestoreError;
 /// How often each loop gives its machine a tick.
 pub const TICK: Duration = Duration::from_millis(5);
 
+/// The events waiting on `rx`, at least one unless a [`TICK`] passes first: what
+/// each driver loop feeds its state machine before the next tick.
+pub(crate) async fn next_events<T>(rx: &smol::channel::Receiver<T>) -> Vec<T> {
+    let first = smol::future::or(async { rx.recv().await.ok() }, async {
+        smol::Timer::after(TICK).await;
+        None
+    })
+    .await;
+    let mut evs: Vec<T> = first.into_iter().collect();
+    while let Ok(e) = rx.try_recv() {
+        evs.push(e);
+    }
+    evs
+}
+
 /// The channel hello the primary sends: the program's own address, where the
 /// restored program will listen again after a failover.
 const HELLO_APP: &str = "app=";

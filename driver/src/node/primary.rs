@@ -22,7 +22,7 @@ use smol::channel::Sender;
 
 use super::proxy::{serve_committed, Outbox};
 use super::status::{SharedStats, Stats};
-use super::{host_compat, ms_since, node_id, NodeError, HELLO_APP, TICK};
+use super::{host_compat, ms_since, next_events, node_id, NodeError, HELLO_APP};
 use crate::capture::{self, session::Session};
 use crate::channel::{self, Channel, Role};
 use crate::replica::msg::{self, EpochKind, EpochStream, Msg};
@@ -132,15 +132,7 @@ pub fn run(a: PrimaryArgs) -> Result<i32, NodeError> {
     let mut unprotected_logged = false;
     smol::block_on(async {
         loop {
-            let first = smol::future::or(async { ev_rx.recv().await.ok() }, async {
-                smol::Timer::after(TICK).await;
-                None
-            })
-            .await;
-            let mut evs: Vec<Ev> = first.into_iter().collect();
-            while let Ok(e) = ev_rx.try_recv() {
-                evs.push(e);
-            }
+            let evs = next_events(&ev_rx).await;
             let mut inputs = Vec::new();
             for e in evs {
                 match e {
