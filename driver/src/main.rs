@@ -183,6 +183,17 @@ enum Cmd {
         /// Append the promoted program's stderr to this file.
         #[arg(long)]
         app_stderr: Option<PathBuf>,
+        /// After a promotion, protect the program again: stream its epochs to a
+        /// backup at this address (typically this pair's other machine, restarted
+        /// as `cs-driver backup`), with output commit on the public address.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Once re-protecting: milliseconds between epochs (sooner when output waits).
+        #[arg(long, default_value_t = 50)]
+        interval: u64,
+        /// Once re-protecting: no write tracking, every epoch is a full one.
+        #[arg(long)]
+        no_tracking: bool,
     },
     /// Print a driver's status (its `--status` endpoint), Prometheus text format.
     Status {
@@ -500,6 +511,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             stub,
             app_stdout,
             app_stderr,
+            peer,
+            interval,
+            no_tracking,
         } => {
             use cs_driver::node::{backup, parse_addr};
             let code = backup::run(backup::BackupArgs {
@@ -507,8 +521,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 key,
                 public: serve.map(|s| parse_addr("--serve", &s)).transpose()?,
                 state_dir,
-                cfg: replica_config(50, timeout),
+                cfg: replica_config(interval, timeout),
                 status: status.map(|s| parse_addr("--status", &s)).transpose()?,
+                peer,
+                precopy: !no_tracking,
                 restore: restore::RestoreOptions {
                     stub,
                     stdout: app_stdout,

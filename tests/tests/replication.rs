@@ -283,7 +283,7 @@ fn a_primary_with_another_key_is_refused_and_nothing_is_applied() {
 }
 
 #[test]
-fn the_backup_killed_leaves_the_primary_serving_unprotected() {
+fn the_backup_killed_leaves_the_primary_serving_unprotected_until_a_new_backup_joins() {
     let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
     let dir = temp_dir("replication-backup-dies");
     let key = dir.path().join("key");
@@ -302,7 +302,61 @@ fn the_backup_killed_leaves_the_primary_serving_unprotected() {
     let p = status(&pstatus);
     assert!(p.contains("\nchecksync_protected 0\n"), "{p}");
     assert!(p.contains("checksync_role{role=\"primary\"} 1"), "{p}");
+
+    // A new backup joins on the same address: the primary (which kept trying)
+    // streams it a fresh base and is protected again.
+    let listen = format!("{}:9100", pair.backup().addr());
+    let mut bcmd = pair.backup().command(driver::driver());
+    bcmd.args(["backup", "--listen", &listen, "--key"])
+        .arg(&key)
+        .args(["--serve", &public]);
+    let mut backup2 = spawn(bcmd, &dir.path().join("backup2.log"));
+    backup2.wait_for("committed a full base", Duration::from_secs(30));
+    let t = Instant::now();
+    while !status(&pstatus).contains("\nchecksync_protected 1\n") {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the primary is not protected again: {}\n{}",
+            status(&pstatus),
+            primary.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let plog = primary.log();
+    let after_unprotected = &plog[plog.find("UNPROTECTED").expect("logged")..];
+    assert!(
+        after_unprotected.contains("PROTECTED: the backup committed"),
+        "{plog}"
+    );
+    put_get(&public, "again", "3");
+    // The new backup holds the state: it takes over with every value.
+    pair.primary()
+        .power_off()
+        .expect("power off the primary machine");
+    pair.primary().release_public().expect("release");
+    pair.backup().claim_public().expect("claim");
+    backup2.wait_for("PROMOTED at epoch", Duration::from_secs(30));
+    for (k, v) in [("before", "1"), ("after", "2"), ("again", "3")] {
+        let t = Instant::now();
+        let got = loop {
+            match kv_get(&public, k, Duration::from_secs(2)) {
+                Ok(v) => break v,
+                Err(e) => assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "the promoted new backup does not answer: {e}\n{}",
+                    backup2.log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(
+            got.as_deref(),
+            Some(v),
+            "{k} after the new backup took over"
+        );
+    }
     drop(primary);
+    drop(backup2);
     pair.close().expect("tear down the pair");
 }
 
@@ -378,4 +432,170 @@ fn after_a_partition_heals_the_old_primary_is_fenced() {
     drop(primary);
     drop(backup);
     pair.close().expect("tear down the pair");
+}
+
+/// A `cs-driver backup` on `m`, listening on its 9100 and re-protecting towards
+/// `peer`'s 9100 once it promotes.
+fn start_backup(
+    m: &cs_tests::netns::Machine,
+    peer: &cs_tests::netns::Machine,
+    key: &Path,
+    public: &str,
+    dir: &Path,
+    name: &str,
+) -> Driver {
+    let mut cmd = m.command(driver::driver());
+    cmd.args(["backup", "--listen", &format!("{}:9100", m.addr()), "--key"])
+        .arg(key)
+        .args([
+            "--serve",
+            public,
+            "--peer",
+            &format!("{}:9100", peer.addr()),
+            "--app-stdout",
+        ])
+        .arg(dir.join(format!("{name}.out")))
+        .arg("--app-stderr")
+        .arg(dir.join(format!("{name}.err")));
+    let mut d = spawn(cmd, &dir.join(format!("{name}.log")));
+    d.wait_for("backup waiting for a primary", Duration::from_secs(10));
+    d
+}
+
+/// A moment that differs between runs: `lo..lo+span` ms, from the OS's randomness.
+fn random_ms(lo: u64, span: u64) -> u64 {
+    use std::hash::BuildHasher;
+    let n = std::collections::hash_map::RandomState::new().hash_one(lo ^ span);
+    lo + n % span
+}
+
+/// Issue 9, acceptance 1 and 4: failover after failover. The kvstore starts on
+/// machine A protected by a backup on B. Each round, the serving machine has a
+/// backup on the other one (a fresh base streamed while it serves), a load client
+/// runs through the public address, a write is acknowledged, and at a random
+/// moment the serving machine is powered off; the other promotes, takes the
+/// public address, and the dead machine is plugged in again and started as an
+/// empty backup, which the promoted side protects itself to (`--peer`). After
+/// `CS_REPL_DEATHS` (default 10) deaths: every round's history together is
+/// linearizable, every acknowledged marker is there, and the preload is intact.
+fn failover_after_failover(tc: GoToolchain) {
+    let deaths: usize = std::env::var("CS_REPL_DEATHS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
+    let dir = temp_dir("replication-chain");
+    let key = dir.path().join("key");
+    driver::cs_ok(&["keygen", key.to_str().unwrap()]);
+    let _ = driver::stub();
+    let public = format!("{}:8000", pair.public_addr());
+    let machines = [pair.primary(), pair.backup()];
+    machines[0].claim_public().expect("public address on A");
+
+    let mut standby = start_backup(machines[1], machines[0], &key, &public, dir.path(), "b-0");
+    let mut pcmd = machines[0].command(driver::driver());
+    pcmd.args([
+        "primary",
+        "--backup",
+        &format!("{}:9100", machines[1].addr()),
+        "--key",
+    ])
+    .arg(&key)
+    .args(["--serve", &format!("{public}={APP}"), "--"])
+    .arg(fixture_bin(tc, "kvstore"))
+    .args(["-addr", APP, "-preload-mib", &PRELOAD_MIB.to_string()]);
+    let mut serving = spawn(pcmd, &dir.path().join("a-primary.log"));
+    serving.wait_for("READY", Duration::from_secs(60));
+    let mut on = 0usize; // the machine that serves
+    let mut histories = Vec::new();
+    let mut markers = Vec::new();
+    let mut promoted_s = Vec::new();
+    for round in 0..deaths {
+        let hist = dir.path().join(format!("history-{round}.jsonl"));
+        let mut load = kv_load(tc, &public, "8s", &hist);
+        load.args(["-client-id-base", &(1 + 10 * round).to_string()]);
+        let client = Client::spawn(load).expect("kvclient");
+        histories.push(hist);
+        // Protection: the serving side's (primary or promoted) base committed on
+        // the standby, streamed while the client runs.
+        serving.wait_for("PROTECTED: the backup committed", Duration::from_secs(60));
+        let marker = format!("m{round}-{}", std::process::id());
+        let r = kv_request(
+            &public,
+            &format!("PUT marker{round} {marker}"),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("round {round}: PUT marker: {e}"));
+        assert!(r.contains("OK"), "round {round}: PUT marker answered {r:?}");
+        markers.push(marker);
+        let death_ms = random_ms(100, 2500);
+        eprintln!(
+            "{tc:?} round {round}: machine {} dies {death_ms} ms after the marker",
+            machines[on].name()
+        );
+        std::thread::sleep(Duration::from_millis(death_ms));
+        let died = Instant::now();
+        machines[on].power_off().expect("power off");
+        machines[on].release_public().expect("release public");
+        let other = 1 - on;
+        machines[other].claim_public().expect("claim public");
+        standby.wait_for("PROMOTED at epoch", Duration::from_secs(30));
+        promoted_s.push(died.elapsed().as_secs_f64());
+        let run = client.wait(Duration::from_secs(90)).expect("kvclient");
+        run.assert_success();
+        let summary = run.summary().expect("kvclient summary");
+        assert_eq!(
+            summary["wrong"], 0,
+            "round {round}: wrong values: {summary}"
+        );
+        // The dead machine comes back empty and joins as the new standby.
+        machines[on].heal().expect("plug the machine in again");
+        let name = format!("{}-{}", ["a", "b"][on], round + 1);
+        let next = start_backup(
+            machines[on],
+            machines[other],
+            &key,
+            &public,
+            dir.path(),
+            &name,
+        );
+        drop(std::mem::replace(
+            &mut serving,
+            std::mem::replace(&mut standby, next),
+        ));
+        on = other;
+    }
+
+    let ops = history::load_kv(&histories).expect("histories");
+    let verdict = kv::check_kv(&ops, &kv::KvCheckOptions::default());
+    assert!(
+        verdict.is_linearizable(),
+        "{tc:?}: the history over {deaths} failovers is not linearizable: {verdict:?}"
+    );
+    for (round, m) in markers.iter().enumerate() {
+        let got = kv_get(&public, &format!("marker{round}"), Duration::from_secs(10))
+            .expect("GET marker");
+        assert_eq!(
+            got.as_deref(),
+            Some(m.as_str()),
+            "{tc:?}: round {round}'s acknowledged write was lost"
+        );
+    }
+    verify_preload(&public, PRELOAD_MIB, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{tc:?}: preload after {deaths} failovers: {e}"));
+    promoted_s.sort_by(f64::total_cmp);
+    eprintln!(
+        "{tc:?}: {deaths} machine deaths, {} ops; promoted after (s, sorted) {promoted_s:.2?}",
+        ops.len()
+    );
+    drop(serving);
+    drop(standby);
+    pair.close().expect("tear down the pair");
+}
+
+#[test]
+fn failover_after_failover_under_load() {
+    for tc in GoToolchain::ALL {
+        failover_after_failover(tc);
+    }
 }

@@ -29,11 +29,14 @@ use std::time::{Duration, Instant};
 
 use smol::channel::Sender;
 
+use super::primary::{protect, Protect};
+use super::proxy::Outbox;
 use super::status::{SharedStats, Stats};
 use super::{host_compat, ms_since, next_events, node_id, NodeError, HELLO_APP};
 use crate::channel::{self, Channel, Role};
 use crate::replica::backup::{BAction, BInput, Backup};
 use crate::replica::msg::{self, EpochKind, Msg};
+use crate::replica::primary::PrimaryStart;
 use crate::replica::store::EpochStore;
 use crate::replica::Config;
 use crate::restore::{self, RestoreOptions};
@@ -48,6 +51,12 @@ pub struct BackupArgs {
     pub cfg: Config,
     pub status: Option<SocketAddr>,
     pub restore: RestoreOptions,
+    /// After a promotion, protect the program by streaming its epochs to a backup
+    /// at this address (re-protection); without it the promoted program runs
+    /// unprotected.
+    pub peer: Option<String>,
+    /// Capture with write tracking (deltas) once re-protecting.
+    pub precopy: bool,
 }
 
 enum Ev {
@@ -61,6 +70,8 @@ enum Ev {
     Msg(u64, Msg),
     Down(u64, String),
     ProgramExited(i32),
+    /// Re-protection ended while the program runs on (fenced, or an error).
+    ProtectionEnded(NodeError),
 }
 
 struct Conn {
@@ -72,6 +83,7 @@ struct Conn {
 /// Runs the backup until its promoted program ends (its exit code) or an error.
 pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
     let key = channel::key::load(&a.key)?;
+    let peer_key = key.clone();
     a.cfg.check()?;
     restore::check_privileges().map_err(|e| NodeError::Restore {
         epoch: 0,
@@ -143,6 +155,10 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                     Ev::ProgramExited(code) => {
                         tracing::info!("the restored program ended (exit code {code})");
                         return Ok(code);
+                    }
+                    Ev::ProtectionEnded(e @ NodeError::Fenced { .. }) => return Err(e),
+                    Ev::ProtectionEnded(e) => {
+                        tracing::error!("UNPROTECTED: re-protection ended: {e}; the program is served without a backup");
                     }
                 }
             }
@@ -231,9 +247,16 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                             }
                         }
                         BAction::Promote { term, epoch } => {
-                            let pid =
-                                promote(&a, &mut store, app, term, epoch, &stats, ev_tx.clone())
-                                    .await?;
+                            let pid = promote(
+                                &a,
+                                &peer_key,
+                                &mut store,
+                                app,
+                                (term, epoch),
+                                &stats,
+                                ev_tx.clone(),
+                            )
+                            .await?;
                             restored_pid = Some(pid);
                         }
                         BAction::CannotPromote { why } => {
@@ -257,10 +280,10 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
 
 async fn promote(
     a: &BackupArgs,
+    key: &channel::Key,
     store: &mut Option<EpochStore>,
     app: Option<SocketAddr>,
-    term: u64,
-    epoch: u64,
+    (term, epoch): (u64, u64),
     stats: &SharedStats,
     ev: Sender<Ev>,
 ) -> Result<i32, NodeError> {
@@ -284,23 +307,26 @@ async fn promote(
     .await;
     let (mut r, ns_pid) = restored?;
     let host_pid = r.host_pid;
-    if let Some(l) = r.lazy.take() {
-        std::thread::spawn(move || {
-            if let Err(e) = l.wait() {
-                tracing::error!("the promoted program's page fill failed: {e}");
-            }
-        });
-    }
+    // Every page must be in before the program can be captured again: the fill's
+    // userfaultfd and the capture's write tracker cannot share a mapping.
+    let (filled_tx, filled_rx) = std::sync::mpsc::channel::<bool>();
+    let lazy = r.lazy.take();
     std::thread::spawn(move || {
-        let code = r.wait();
-        let _ = ev.send_blocking(Ev::ProgramExited(code));
+        let ok = match lazy.map(|l| l.wait()) {
+            Some(Err(e)) => {
+                tracing::error!("the promoted program's page fill failed: {e}");
+                false
+            }
+            _ => true,
+        };
+        let _ = filled_tx.send(ok);
     });
-    if let (Some(public), Some(app)) = (a.public, app) {
-        let l = super::listen_freebind(public)?;
-        smol::spawn(super::proxy::serve_plain(l, app)).detach();
-        tracing::warn!(%public, %app, "serving the public address");
-    } else if a.public.is_some() {
-        tracing::warn!("the primary never said where its program listens (no app= in its hello): not serving the public address");
+    {
+        let ev = ev.clone();
+        std::thread::spawn(move || {
+            let code = r.wait();
+            let _ = ev.send_blocking(Ev::ProgramExited(code));
+        });
     }
     {
         let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,13 +334,70 @@ async fn promote(
         s.term = term;
         s.promoted_epoch = Some(epoch);
     }
+    let protected = match (a.public, app, &a.peer) {
+        (Some(public), Some(app), Some(peer)) => {
+            let listener = super::listen_freebind(public)?;
+            let outbox = Arc::new(Outbox::new());
+            let p = Protect {
+                pid: host_pid,
+                child: None,
+                start: PrimaryStart {
+                    node_id: node_id(),
+                    compat: host_compat(),
+                    term,
+                    first_epoch: epoch + 1,
+                    output_seq: 0,
+                },
+                backup: peer.clone(),
+                key: key.clone(),
+                public: listener,
+                app,
+                cfg: a.cfg.clone(),
+                precopy: a.precopy,
+                stats: stats.clone(),
+                outbox: outbox.clone(),
+                ready: Some(filled_rx),
+            };
+            std::thread::Builder::new()
+                .name("re-protect".into())
+                .spawn(move || {
+                    if let Err(e) = protect(p) {
+                        // Whatever ended protection, the public address stays served.
+                        outbox.release(u64::MAX);
+                        let _ = ev.send_blocking(Ev::ProtectionEnded(e));
+                    }
+                })
+                .map_err(|e| NodeError::Launch {
+                    program: "the re-protection thread".into(),
+                    detail: e.to_string(),
+                })?;
+            tracing::warn!(%public, %app, backup = %peer, "serving the public address; re-protecting: streaming to a backup at {peer} once one is there");
+            true
+        }
+        (Some(public), Some(app), None) => {
+            let l = super::listen_freebind(public)?;
+            smol::spawn(super::proxy::serve_plain(l, app)).detach();
+            tracing::warn!(%public, %app, "serving the public address");
+            false
+        }
+        (Some(_), None, _) => {
+            tracing::warn!("the primary never said where its program listens (no app= in its hello): not serving the public address");
+            false
+        }
+        (None, ..) => false,
+    };
     tracing::warn!(
         epoch,
         term,
         host_pid,
         pid = ns_pid,
         restore_ms = t.elapsed().as_secs_f64() * 1000.0,
-        "PROMOTED at epoch {epoch}: the program runs here now (unprotected: no new backup is accepted yet)"
+        "PROMOTED at epoch {epoch}: the program runs here now ({})",
+        if protected {
+            "protected again once a backup commits a base"
+        } else {
+            "unprotected: no --peer to protect it to"
+        }
     );
     Ok(host_pid)
 }

@@ -69,18 +69,81 @@ struct Link {
 pub fn run(a: PrimaryArgs) -> Result<i32, NodeError> {
     let key = channel::key::load(&a.key)?;
     a.cfg.check()?;
-    let (pid, mut child) = launch_or_attach(&a)?;
+    let (pid, child) = launch_or_attach(&a)?;
     let stats: SharedStats = Arc::new(Mutex::new(Stats::new("primary")));
     if let Some(s) = a.status {
         super::status::start(s, stats.clone())?;
     }
+    let public = super::listen_freebind(a.public)?;
+    tracing::info!(pid, public = %a.public, app = %a.app, backup = %a.backup, "protecting the program");
+    protect(Protect {
+        pid,
+        child,
+        start: PrimaryStart {
+            node_id: node_id(),
+            compat: host_compat(),
+            term: 1,
+            first_epoch: 1,
+            output_seq: 0,
+        },
+        backup: a.backup,
+        key,
+        public,
+        app: a.app,
+        cfg: a.cfg,
+        precopy: a.precopy,
+        stats,
+        outbox: Arc::new(Outbox::new()),
+        ready: None,
+    })
+}
+
+/// What [`protect`] runs on: the program, where its backup is, and the public
+/// address's listener. Both a first primary and a promoted backup (re-protection)
+/// run it.
+pub(crate) struct Protect {
+    pub pid: i32,
+    /// The program, when this driver launched it (then it is reaped here).
+    pub child: Option<std::process::Child>,
+    pub start: PrimaryStart,
+    pub backup: String,
+    pub key: channel::Key,
+    pub public: async_net::TcpListener,
+    pub app: SocketAddr,
+    pub cfg: Config,
+    pub precopy: bool,
+    pub stats: SharedStats,
+    /// The proxy's output sequence (a caller that must keep the public address
+    /// served if protection ends can release it all).
+    pub outbox: Arc<Outbox>,
+    /// When given, the capture thread waits for `true` before its first capture
+    /// (a restored program's page fill must end first); `false` ends protection.
+    pub ready: Option<mpsc::Receiver<bool>>,
+}
+
+/// Protects `p.pid`: serves the public address with output commit, captures the
+/// epochs the [`Primary`] machine asks for and streams them to the backup. Runs
+/// until the program ends (its exit code), the primary is fenced, or an error.
+pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
+    let Protect {
+        pid,
+        mut child,
+        start,
+        backup,
+        key,
+        public,
+        app,
+        cfg,
+        precopy,
+        stats,
+        outbox,
+        ready,
+    } = p;
     let (ev_tx, ev_rx) = smol::channel::unbounded::<Ev>();
-    let outbox = Arc::new(Outbox::new());
 
     // The proxy.
-    let listener = super::listen_freebind(a.public)?;
     let (wait_tx, wait_rx) = smol::channel::unbounded::<u64>();
-    smol::spawn(serve_committed(listener, a.app, outbox.clone(), wait_tx)).detach();
+    smol::spawn(serve_committed(public, app, outbox.clone(), wait_tx)).detach();
     {
         let ev = ev_tx.clone();
         smol::spawn(async move {
@@ -92,16 +155,25 @@ pub fn run(a: PrimaryArgs) -> Result<i32, NodeError> {
         })
         .detach();
     }
-    tracing::info!(pid, public = %a.public, app = %a.app, backup = %a.backup, "protecting the program");
 
     // The capture thread.
     let (cap_tx, cap_rx) = mpsc::channel::<(u64, bool)>();
     {
         let (ev, outbox) = (ev_tx.clone(), outbox.clone());
-        let opts = capture::Options { precopy: a.precopy };
+        let opts = capture::Options { precopy };
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture_thread(pid, opts, cap_rx, outbox, ev))
+            .spawn(move || {
+                if let Some(r) = ready {
+                    if !r.recv().unwrap_or(false) {
+                        let _ = ev.send_blocking(Ev::Captured(Err(NodeError::Usage(
+                            "the program's pages never all arrived: it cannot be captured".into(),
+                        ))));
+                        return;
+                    }
+                }
+                capture_thread(pid, opts, cap_rx, outbox, ev)
+            })
             .map_err(|e| NodeError::Launch {
                 program: "the capture thread".into(),
                 detail: e.to_string(),
@@ -110,22 +182,14 @@ pub fn run(a: PrimaryArgs) -> Result<i32, NodeError> {
 
     // The link task.
     {
-        let (ev, backup, key) = (ev_tx.clone(), a.backup.clone(), key);
-        let hello = format!("{HELLO_APP}{}", a.app).into_bytes();
+        let (ev, backup) = (ev_tx.clone(), backup.clone());
+        let hello = format!("{HELLO_APP}{app}").into_bytes();
         smol::spawn(link_task(backup, key, hello, ev)).detach();
     }
 
+    stats.lock().unwrap_or_else(|e| e.into_inner()).role = "primary";
+    let mut m = Primary::new(cfg.clone(), start)?;
     let start = Instant::now();
-    let mut m = Primary::new(
-        a.cfg.clone(),
-        PrimaryStart {
-            node_id: node_id(),
-            compat: host_compat(),
-            term: 1,
-            first_epoch: 1,
-            output_seq: 0,
-        },
-    )?;
     let mut link: Option<Link> = None;
     let mut captured: std::collections::HashMap<u64, Vec<u8>> = Default::default();
     let mut acts = Vec::new();
@@ -219,7 +283,7 @@ pub fn run(a: PrimaryArgs) -> Result<i32, NodeError> {
                                     kind,
                                     &bytes,
                                     checksum,
-                                    a.cfg.chunk_bytes,
+                                    cfg.chunk_bytes,
                                 ) {
                                     send(&link, &msg);
                                 }
