@@ -599,3 +599,199 @@ fn failover_after_failover_under_load() {
         failover_after_failover(tc);
     }
 }
+
+/// A backup on the pair's backup machine and a primary on its primary machine
+/// launching `program args` (listening on [`APP`]); returns once the backup
+/// committed a base. The public address is on the primary machine.
+fn start_protected(
+    pair: &Pair,
+    dir: &Path,
+    key: &Path,
+    program: &Path,
+    args: &[&str],
+) -> (Driver, Driver, String) {
+    let _ = driver::stub();
+    let listen = format!("{}:9100", pair.backup().addr());
+    let public = format!("{}:8000", pair.public_addr());
+    pair.primary()
+        .claim_public()
+        .expect("public address on the primary");
+    let mut bcmd = pair.backup().command(driver::driver());
+    bcmd.args(["backup", "--listen", &listen, "--key"])
+        .arg(key)
+        .args(["--serve", &public, "--app-stdout"])
+        .arg(dir.join("restored.out"))
+        .arg("--app-stderr")
+        .arg(dir.join("restored.err"));
+    let mut backup = spawn(bcmd, &dir.join("backup.log"));
+    backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
+    let mut pcmd = pair.primary().command(driver::driver());
+    pcmd.args(["primary", "--backup", &listen, "--key"])
+        .arg(key)
+        .args(["--serve", &format!("{public}={APP}"), "--"])
+        .arg(program)
+        .args(args);
+    let mut primary = spawn(pcmd, &dir.join("primary.log"));
+    primary.wait_for("PROTECTED: the backup committed", Duration::from_secs(60));
+    (primary, backup, public)
+}
+
+/// Powers the primary machine off, moves the public address to the backup
+/// machine and waits for the promotion; returns how long it took.
+fn machine_death(pair: &Pair, backup: &mut Driver) -> Duration {
+    let died = Instant::now();
+    pair.primary()
+        .power_off()
+        .expect("power off the primary machine");
+    pair.primary().release_public().expect("release public");
+    pair.backup().claim_public().expect("public on the backup");
+    backup.wait_for("PROMOTED at epoch", Duration::from_secs(30));
+    died.elapsed()
+}
+
+/// Issue 9, acceptance 2: lockserver under three lock clients (through the
+/// public address) fails over at a random moment; never two holders of a lock.
+fn lockserver_failover(tc: GoToolchain) {
+    use cs_tests::check::history::load_lock;
+    use cs_tests::check::lock::check_locks;
+    use cs_tests::fixture::lock_clients;
+    let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
+    let dir = temp_dir("replication-lock");
+    let key = dir.path().join("key");
+    driver::cs_ok(&["keygen", key.to_str().unwrap()]);
+    let (primary, mut backup, public) = start_protected(
+        &pair,
+        dir.path(),
+        &key,
+        &fixture_bin(tc, "lockserver"),
+        &["-addr", APP, "-log-stats", "0"],
+    );
+    let histories: Vec<std::path::PathBuf> = (1..=3)
+        .map(|i| dir.path().join(format!("lock-{i}.jsonl")))
+        .collect();
+    let clients = lock_clients(tc, &public, "6s", &histories);
+    let death_ms = random_ms(500, 2500);
+    eprintln!("{tc:?}: the lockserver's machine dies after {death_ms} ms of load");
+    std::thread::sleep(Duration::from_millis(death_ms));
+    let took = machine_death(&pair, &mut backup);
+    let mut reconnects = 0;
+    for c in clients {
+        let run = c.wait(Duration::from_secs(120)).expect("lockclient");
+        run.assert_success();
+        let s = run.summary().expect("summary");
+        assert_eq!(s["wrong"], 0, "{tc:?}: {s}");
+        reconnects += s["reconnects"].as_u64().unwrap_or(0);
+    }
+    assert!(
+        reconnects > 0,
+        "{tc:?}: no client reconnected to the backup"
+    );
+    let report = check_locks(&load_lock(&histories).expect("histories"));
+    assert!(
+        report.ok(),
+        "{tc:?}: mutual exclusion violated across the failover: {report}\n{}",
+        backup.log()
+    );
+    assert!(
+        report.holds.len() >= 50,
+        "{tc:?}: too little work: {report}"
+    );
+    eprintln!(
+        "{tc:?}: promoted {:.2} s after the death; {} holds checked",
+        took.as_secs_f64(),
+        report.holds.len()
+    );
+    drop(primary);
+    drop(backup);
+    pair.close().expect("tear down the pair");
+}
+
+#[test]
+fn lockserver_fails_over_without_two_holders() {
+    for tc in GoToolchain::ALL {
+        lockserver_failover(tc);
+    }
+}
+
+/// Issue 9, acceptance 3: the MapReduce coordinator fails over mid-job; its
+/// workers (clients of the public address) carry on and the output is correct.
+fn mapreduce_failover(tc: GoToolchain) {
+    use cs_tests::check::mr::check_mr;
+    use cs_tests::fixture::run_client;
+    let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
+    let dir = temp_dir("replication-mr");
+    let key = dir.path().join("key");
+    driver::cs_ok(&["keygen", key.to_str().unwrap()]);
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    let coord_bin = fixture_bin(tc, "mrcoord");
+    run_client(
+        &coord_bin,
+        &[
+            "-gen-inputs",
+            input.to_str().unwrap(),
+            "-gen-mib",
+            "4",
+            "-gen-files",
+            "8",
+        ],
+        Duration::from_secs(60),
+    )
+    .expect("generate inputs")
+    .assert_success();
+    let (primary, mut backup, public) = start_protected(
+        &pair,
+        dir.path(),
+        &key,
+        &coord_bin,
+        &[
+            "-addr",
+            APP,
+            "-inputs",
+            input.to_str().unwrap(),
+            "-nreduce",
+            "4",
+            "-log-stats",
+            "0",
+        ],
+    );
+    let workers: Vec<Client> = (1..=3)
+        .map(|i| {
+            let mut c = std::process::Command::new(fixture_bin(tc, "mrworker"));
+            c.args(["-coord", &public, "-out", output.to_str().unwrap()])
+                .args(["-id", &format!("w{i}"), "-map-delay", "300ms"]);
+            Client::spawn(c).expect("start mrworker")
+        })
+        .collect();
+    let death_ms = random_ms(300, 600);
+    std::thread::sleep(Duration::from_millis(death_ms));
+    let plog = primary.log();
+    let took = machine_death(&pair, &mut backup);
+    let out_dir_files = std::fs::read_dir(&output).map(|d| d.count()).unwrap_or(0);
+    eprintln!(
+        "{tc:?}: the coordinator's machine died {death_ms} ms into the job ({out_dir_files} files in the output folder then); promoted after {:.2} s",
+        took.as_secs_f64()
+    );
+    for w in workers {
+        w.wait(Duration::from_secs(120))
+            .expect("worker finishes")
+            .assert_success();
+    }
+    let report = check_mr(&input, &output).unwrap_or_else(|e| panic!("{tc:?}: {e}"));
+    assert!(report.ok(), "{tc:?}: {report}");
+    assert_eq!(report.output_files, 4);
+    let out = std::fs::read_to_string(dir.path().join("restored.out")).unwrap_or_default();
+    assert!(
+        out.contains("DONE"),
+        "{tc:?}: the promoted coordinator never said DONE; its stdout: {out}\nprimary log:\n{plog}"
+    );
+    drop(primary);
+    drop(backup);
+    pair.close().expect("tear down the pair");
+}
+
+#[test]
+fn mapreduce_coordinator_fails_over_mid_job() {
+    for tc in GoToolchain::ALL {
+        mapreduce_failover(tc);
+    }
+}
