@@ -194,7 +194,11 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                                 }
                             }
                         }
-                        BAction::StageAbort { .. } => staged = None,
+                        BAction::StageAbort { epoch } => {
+                            if let Some((_, b)) = staged.take() {
+                                tracing::warn!(epoch, "the staged epoch {epoch} is discarded ({} bytes received), never applied", b.len());
+                            }
+                        }
                         BAction::Commit { term, epoch, kind } => {
                             let bytes = match staged.take() {
                                 Some((e, b)) if e == epoch => b,
@@ -475,6 +479,7 @@ async fn accept_task(listener: async_net::TcpListener, key: channel::Key, ev: Se
                     Some(Err(e)) => {
                         if matches!(e, channel::ChannelError::Truncated { .. }) {
                             // What a primary that died mid-stream leaves: no refusal.
+                            tracing::warn!(%peer, "the primary's stream was cut short: {e}; nothing of an unfinished message is used");
                         } else if e.is_refusal() {
                             tracing::error!(%peer, "REFUSED data from the primary: {e}");
                         }
