@@ -145,6 +145,13 @@ enum Cmd {
         /// No write tracking: every epoch is a full one.
         #[arg(long)]
         no_tracking: bool,
+        /// When waiting output starts an epoch of its own, besides the interval.
+        #[arg(long, value_enum, default_value_t = OutputEpochsArg::Pipelined)]
+        output_epochs: OutputEpochsArg,
+        /// Release the program's output at once instead of after the backup's ack
+        /// (replies a failover may take back; to measure what output commit costs).
+        #[arg(long)]
+        no_output_commit: bool,
         /// Protect this running process instead of launching one.
         #[arg(long)]
         pid: Option<i32>,
@@ -200,6 +207,27 @@ enum Cmd {
         /// The driver's `--status` address.
         addr: String,
     },
+}
+
+/// `--output-epochs`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OutputEpochsArg {
+    /// When output waits that no epoch in flight covers (the window allowing).
+    Pipelined,
+    /// When output waits and no epoch is in flight.
+    WhenIdle,
+    /// Never: output waits for the next interval's epoch.
+    Off,
+}
+
+impl From<OutputEpochsArg> for cs_driver::replica::OutputEpochs {
+    fn from(a: OutputEpochsArg) -> Self {
+        match a {
+            OutputEpochsArg::Pipelined => Self::Pipelined,
+            OutputEpochsArg::WhenIdle => Self::WhenIdle,
+            OutputEpochsArg::Off => Self::Off,
+        }
+    }
 }
 
 /// The replication timings for a peer timeout of `timeout` ms.
@@ -479,6 +507,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             status,
             no_tracking,
+            output_epochs,
+            no_output_commit,
             pid,
             argv,
         } => {
@@ -493,11 +523,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 key,
                 public: parse_addr("--serve PUBLIC", public)?,
                 app: parse_addr("--serve APPADDR", app)?,
-                cfg: replica_config(interval, timeout),
+                cfg: cs_driver::replica::Config {
+                    output_epochs: output_epochs.into(),
+                    ..replica_config(interval, timeout)
+                },
                 pid,
                 argv,
                 status: status.map(|s| parse_addr("--status", &s)).transpose()?,
                 precopy: !no_tracking,
+                output_commit: !no_output_commit,
             })?;
             Ok(exit_code(code))
         }

@@ -67,6 +67,9 @@ struct Tx {
     busy: bool,
     closed: bool,
     poison: Arc<Poison>,
+    /// Bytes written to the stream after the handshake (records with their
+    /// length prefixes).
+    written: u64,
 }
 
 impl Tx {
@@ -79,6 +82,7 @@ impl Tx {
             busy: false,
             closed: false,
             poison,
+            written: 0,
         }
     }
 
@@ -203,7 +207,9 @@ impl Tx {
             .map_err(|source| ChannelError::Io {
                 during: "sending a record",
                 source,
-            })
+            })?;
+        self.written += 2 + n as u64;
+        Ok(())
     }
 
     /// Test hook: one record with arbitrary plaintext, as a keyed but hostile peer
@@ -611,6 +617,12 @@ impl<W: AsyncWrite + Unpin> ChannelSender<W> {
     /// As [`Channel::send`].
     pub async fn send(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
         self.tx.send(&mut self.io, msg, self.max).await
+    }
+
+    /// Bytes this side wrote to the stream since the handshake: every record
+    /// with its length prefix and tag.
+    pub fn wire_bytes(&self) -> u64 {
+        self.tx.written
     }
 
     /// As [`Channel::close`].

@@ -358,6 +358,7 @@ async fn promote(
                 app,
                 cfg: a.cfg.clone(),
                 precopy: a.precopy,
+                output_commit: true,
                 stats: stats.clone(),
                 outbox: outbox.clone(),
                 ready: Some(filled_rx),

@@ -41,6 +41,10 @@ pub struct PrimaryArgs {
     pub argv: Vec<String>,
     pub status: Option<SocketAddr>,
     pub precopy: bool,
+    /// Hold the program's output until the backup acked the epoch after it. Off:
+    /// output is released at once (a failover may then take back replies the
+    /// clients saw; for measuring what output commit costs).
+    pub output_commit: bool,
 }
 
 struct Done {
@@ -49,6 +53,9 @@ struct Done {
     bytes: Vec<u8>,
     output_seq: u64,
     pause: Duration,
+    /// The capture (pre-copy rounds, freeze, copy) and the encode, wall time.
+    capture: Duration,
+    encode: Duration,
 }
 
 enum Ev {
@@ -92,6 +99,7 @@ pub fn run(a: PrimaryArgs) -> Result<i32, NodeError> {
         app: a.app,
         cfg: a.cfg,
         precopy: a.precopy,
+        output_commit: a.output_commit,
         stats,
         outbox: Arc::new(Outbox::new()),
         ready: None,
@@ -112,6 +120,8 @@ pub(crate) struct Protect {
     pub app: SocketAddr,
     pub cfg: Config,
     pub precopy: bool,
+    /// See [`PrimaryArgs::output_commit`].
+    pub output_commit: bool,
     pub stats: SharedStats,
     /// The proxy's output sequence (a caller that must keep the public address
     /// served if protection ends can release it all).
@@ -135,6 +145,7 @@ pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
         app,
         cfg,
         precopy,
+        output_commit,
         stats,
         outbox,
         ready,
@@ -144,7 +155,10 @@ pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
     // The proxy.
     let (wait_tx, wait_rx) = smol::channel::unbounded::<u64>();
     smol::spawn(serve_committed(public, app, outbox.clone(), wait_tx)).detach();
-    {
+    if !output_commit {
+        tracing::warn!("output commit is off: replies leave before the backup holds the state that made them, and a failover may take them back");
+        outbox.release(u64::MAX);
+    } else {
         let ev = ev_tx.clone();
         smol::spawn(async move {
             while let Ok(s) = wait_rx.recv().await {
@@ -184,7 +198,7 @@ pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
     {
         let (ev, backup) = (ev_tx.clone(), backup.clone());
         let hello = format!("{HELLO_APP}{app}").into_bytes();
-        smol::spawn(link_task(backup, key, hello, ev)).detach();
+        smol::spawn(link_task(backup, key, hello, ev, stats.clone())).detach();
     }
 
     stats.lock().unwrap_or_else(|e| e.into_inner()).role = "primary";
@@ -192,6 +206,8 @@ pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
     let start = Instant::now();
     let mut link: Option<Link> = None;
     let mut captured: std::collections::HashMap<u64, Vec<u8>> = Default::default();
+    // When each epoch not yet acked was asked for (the ack-latency histogram).
+    let mut asked: std::collections::BTreeMap<u64, Instant> = Default::default();
     let mut acts = Vec::new();
     let mut unprotected_logged = false;
     smol::block_on(async {
@@ -212,6 +228,15 @@ pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
                             let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                             s.acked = s.acked.max(epoch);
                             s.last_ack = Some(Instant::now());
+                            while let Some(e) = asked.first_entry() {
+                                if *e.key() > epoch {
+                                    break;
+                                }
+                                let (n, at) = e.remove_entry();
+                                let ms = at.elapsed().as_secs_f64() * 1000.0;
+                                s.ack_ms.observe(ms);
+                                tracing::trace!(epoch = n, ms, "acked");
+                            }
                         }
                         inputs.push(PInput::Received(msg));
                     }
@@ -238,6 +263,8 @@ pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
                             full = d.kind == EpochKind::Full,
                             bytes = d.bytes.len(),
                             pause_ms = d.pause.as_secs_f64() * 1000.0,
+                            capture_ms = d.capture.as_secs_f64() * 1000.0,
+                            encode_ms = d.encode.as_secs_f64() * 1000.0,
                             "epoch captured"
                         );
                         inputs.push(PInput::EpochCaptured(Captured {
@@ -267,6 +294,10 @@ pub(crate) fn protect(p: Protect) -> Result<i32, NodeError> {
                     match act {
                         PAction::Send(msg) => send(&link, &msg),
                         PAction::CaptureEpoch { epoch, full } => {
+                            if full {
+                                asked.clear();
+                            }
+                            asked.insert(epoch, Instant::now());
                             let _ = cap_tx.send((epoch, full));
                         }
                         PAction::StreamEpoch {
@@ -418,6 +449,7 @@ fn capture_one(
     output_seq: u64,
 ) -> Result<Done, NodeError> {
     let cap_err = |source| NodeError::Capture { pid, source };
+    let t = Instant::now();
     let mut c = match session.as_mut() {
         Some(s) if !full => s.epoch().map_err(cap_err)?,
         _ => {
@@ -431,6 +463,8 @@ fn capture_one(
         }
     };
     c.epoch.number = epoch;
+    let capture = t.elapsed();
+    let t = Instant::now();
     let mut bytes = Vec::new();
     crate::image::encode(&c, &mut bytes).map_err(|e| NodeError::Encode {
         epoch,
@@ -446,10 +480,18 @@ fn capture_one(
         bytes,
         output_seq,
         pause: c.times.pause,
+        capture,
+        encode: t.elapsed(),
     })
 }
 
-async fn link_task(backup: String, key: channel::Key, hello: Vec<u8>, ev: Sender<Ev>) {
+async fn link_task(
+    backup: String,
+    key: channel::Key,
+    hello: Vec<u8>,
+    ev: Sender<Ev>,
+    stats: SharedStats,
+) {
     let mut id = 0u64;
     let mut last_err = String::new();
     loop {
@@ -487,13 +529,16 @@ async fn link_task(backup: String, key: channel::Key, hello: Vec<u8>, ev: Sender
         let (q_tx, q_rx) = smol::channel::unbounded::<Vec<u8>>();
         let (close_tx, close_rx) = smol::channel::bounded::<()>(1);
         let writer = {
-            let close_tx = close_tx.clone();
+            let (close_tx, stats) = (close_tx.clone(), stats.clone());
             smol::spawn(async move {
                 while let Ok(b) = q_rx.recv().await {
+                    let before = tx.wire_bytes();
                     if let Err(e) = tx.send(&b).await {
                         let _ = close_tx.try_send(());
                         return Err(e.to_string());
                     }
+                    stats.lock().unwrap_or_else(|e| e.into_inner()).wire_bytes +=
+                        tx.wire_bytes() - before;
                 }
                 let _ = tx.close().await;
                 Ok(())

@@ -85,6 +85,11 @@ pub struct Stats {
     pub promoted_epoch: Option<u64>,
     pub pause_ms: Histogram,
     pub epoch_bytes: Histogram,
+    /// Primary: from asking for an epoch's capture to the backup's ack of it
+    /// (what a reply held by output commit waits at least).
+    pub ack_ms: Histogram,
+    /// Primary: bytes sent to the backup (channel records, framing included).
+    pub wire_bytes: u64,
 }
 
 impl Stats {
@@ -103,6 +108,8 @@ impl Stats {
             promoted_epoch: None,
             pause_ms: Histogram::new(PAUSE_MS),
             epoch_bytes: Histogram::new(EPOCH_BYTES),
+            ack_ms: Histogram::new(PAUSE_MS),
+            wire_bytes: 0,
         }
     }
 
@@ -175,6 +182,11 @@ impl Stats {
             "epoch this node promoted (0: not promoted)",
             self.promoted_epoch.unwrap_or(0).to_string(),
         );
+        g(
+            "checksync_wire_bytes_total",
+            "primary: bytes sent to the backup, framing and encryption included",
+            self.wire_bytes.to_string(),
+        );
         self.pause_ms.render(
             &mut o,
             "checksync_epoch_pause_ms",
@@ -182,6 +194,11 @@ impl Stats {
         );
         self.epoch_bytes
             .render(&mut o, "checksync_epoch_bytes", "encoded epoch size, bytes");
+        self.ack_ms.render(
+            &mut o,
+            "checksync_epoch_ack_ms",
+            "primary: from asking for an epoch's capture to the backup's ack, milliseconds",
+        );
         o
     }
 }

@@ -657,6 +657,7 @@ mod tests {
             window: 2,
             max_epoch_bytes: 1 << 20,
             chunk_bytes: 64,
+            output_epochs: crate::replica::OutputEpochs::WhenIdle,
         }
     }
 

@@ -44,8 +44,9 @@
 //! program's bytes, numbered by a cumulative sequence. Each capture reports the
 //! sequence at its freeze; the primary releases output up to an epoch's freeze
 //! sequence only once the backup acked that epoch (an Ack or a heartbeat's committed
-//! epoch). An epoch starts every [`Config::epoch_interval_ms`], and at once when
-//! output is waiting and no epoch is in flight. Without a backup the primary runs
+//! epoch). An epoch starts every [`Config::epoch_interval_ms`], and, as
+//! [`Config::output_epochs`] says, at once when output is waiting that no epoch in
+//! flight covers (or only when none is in flight, or never). Without a backup the primary runs
 //! **unprotected**: output is released as soon as it is reported (the Remus policy
 //! carries on), and the primary says so with an `Unprotected` action. From the
 //! backup's Welcome on, output is held again; the new backup's full base is frozen
@@ -139,6 +140,21 @@ pub struct Config {
     pub max_epoch_bytes: u64,
     /// EpochData chunk size the shell should use (at most [`msg::MAX_CHUNK`]).
     pub chunk_bytes: usize,
+    /// When output waits, start an epoch before the interval is up.
+    pub output_epochs: OutputEpochs,
+}
+
+/// When held output starts an epoch of its own (besides the fixed interval).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputEpochs {
+    /// Never: output waits for the next interval's epoch and its ack.
+    Off,
+    /// When output waits and no epoch is in flight.
+    WhenIdle,
+    /// When output waits that no epoch in flight covers, as long as the window
+    /// allows: a reply produced while an epoch is on the wire need not wait for
+    /// its ack before its own epoch starts.
+    Pipelined,
 }
 
 impl Default for Config {
@@ -151,6 +167,7 @@ impl Default for Config {
             window: 2,
             max_epoch_bytes: 16 << 30,
             chunk_bytes: 256 << 10,
+            output_epochs: OutputEpochs::Pipelined,
         }
     }
 }

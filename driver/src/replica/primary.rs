@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use super::msg::{Compat, EpochKind, Msg, RefuseReason, PROTOCOL_VERSION};
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, OutputEpochs};
 
 /// What the shell reports to the primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,7 +455,17 @@ impl Primary {
             return;
         }
         let full = self.need_full;
-        let output_waits = self.in_flight.is_empty() && self.output_seen > self.released;
+        let output_waits = match self.cfg.output_epochs {
+            OutputEpochs::Off => false,
+            OutputEpochs::WhenIdle => self.in_flight.is_empty() && self.output_seen > self.released,
+            OutputEpochs::Pipelined => {
+                let covered = self
+                    .in_flight
+                    .back()
+                    .map_or(self.released, |f| f.output_seq.max(self.released));
+                self.output_seen > covered
+            }
+        };
         if !(full || now >= self.next_capture_at || output_waits) {
             return;
         }
@@ -527,12 +537,17 @@ mod tests {
             window: 2,
             max_epoch_bytes: 1 << 20,
             chunk_bytes: 64,
+            output_epochs: OutputEpochs::WhenIdle,
         }
     }
 
     fn primary() -> Primary {
+        primary_with(cfg())
+    }
+
+    fn primary_with(cfg: Config) -> Primary {
         Primary::new(
-            cfg(),
+            cfg,
             PrimaryStart {
                 node_id: 1,
                 compat: COMPAT,
@@ -651,6 +666,62 @@ mod tests {
             step(&mut p, 7, PInput::Received(Msg::Ack { term: 1, epoch: 2 })),
             vec![PAction::ReleaseOutput { upto_seq: 5 }]
         );
+    }
+
+    /// The three modes: a reply produced while the base is in flight starts its
+    /// own epoch at once (pipelined), only after the base's ack (when idle), or
+    /// only when the interval is up (off).
+    #[test]
+    fn output_epochs_pipelined_when_idle_or_off() {
+        let capture = |a: &[PAction]| {
+            a.iter().find_map(|a| match a {
+                PAction::CaptureEpoch { epoch, .. } => Some(*epoch),
+                _ => None,
+            })
+        };
+        for mode in [
+            OutputEpochs::Pipelined,
+            OutputEpochs::WhenIdle,
+            OutputEpochs::Off,
+        ] {
+            let mut p = primary_with(Config {
+                output_epochs: mode,
+                epoch_interval_ms: 1000,
+                peer_timeout_ms: 10_000,
+                ..cfg()
+            });
+            synced(&mut p);
+            let a = step(&mut p, 3, PInput::OutputWaiting { seq: 5 });
+            assert_eq!(
+                capture(&a),
+                (mode == OutputEpochs::Pipelined).then_some(2),
+                "{mode:?}: {a:?}"
+            );
+            if mode == OutputEpochs::Pipelined {
+                step(&mut p, 4, captured(2, EpochKind::Delta, 5));
+                // Covered by epoch 2 in flight: no third epoch for it.
+                let a = step(&mut p, 5, PInput::OutputWaiting { seq: 5 });
+                assert_eq!(capture(&a), None, "{a:?}");
+                step(&mut p, 6, PInput::Received(Msg::Ack { term: 1, epoch: 1 }));
+                assert_eq!(
+                    step(&mut p, 7, PInput::Received(Msg::Ack { term: 1, epoch: 2 })),
+                    vec![PAction::ReleaseOutput { upto_seq: 5 }]
+                );
+                continue;
+            }
+            let a = step(&mut p, 6, PInput::Received(Msg::Ack { term: 1, epoch: 1 }));
+            assert_eq!(
+                capture(&a),
+                (mode == OutputEpochs::WhenIdle).then_some(2),
+                "{mode:?}: {a:?}"
+            );
+            if mode == OutputEpochs::Off {
+                // Only the interval starts the next epoch.
+                assert_eq!(capture(&step(&mut p, 500, PInput::Tick)), None);
+                assert_eq!(capture(&step(&mut p, 1003, PInput::Tick)), Some(2));
+            }
+            assert_eq!(p.released(), 0, "{mode:?}");
+        }
     }
 
     #[test]

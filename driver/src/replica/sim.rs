@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use super::backup::{BAction, BInput, Backup, BackupBug, BackupStatus};
 use super::msg::{self, Compat, EpochKind, EpochStream, Msg};
 use super::primary::{Captured, PAction, PInput, Primary, PrimaryBug, PrimaryStart, PrimaryStatus};
-use super::Config;
+use super::{Config, OutputEpochs};
 
 const PAGES: usize = 16;
 const COMPAT: Compat = Compat {
@@ -184,6 +184,7 @@ fn sim_config(window: usize) -> Config {
         window,
         max_epoch_bytes: 4096,
         chunk_bytes: 40,
+        output_epochs: OutputEpochs::Pipelined,
     }
 }
 
@@ -1406,7 +1407,17 @@ fn short(m: &Msg) -> String {
 
 /// Runs one seed; on a violation, runs it again with tracing and returns the
 /// violation, the seed and the last events.
+///
+/// The seed also picks when output starts an epoch (every mode is exercised).
 fn run_seed(sc: &Scenario, seed: u64) -> Result<Stats, String> {
+    let modes = [
+        OutputEpochs::Pipelined,
+        OutputEpochs::WhenIdle,
+        OutputEpochs::Off,
+    ];
+    let mut sc = sc.clone();
+    sc.proto.output_epochs = modes[(seed % 3) as usize];
+    let sc = &sc;
     World::new(sc, seed, false).run().map_err(|(e, _)| {
         let trace = match World::new(sc, seed, true).run() {
             Err((_, Some(t))) => t.into_iter().collect::<Vec<_>>().join("\n"),
