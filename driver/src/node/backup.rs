@@ -37,7 +37,7 @@ use crate::channel::{self, Channel, Role};
 use crate::replica::backup::{BAction, BInput, Backup};
 use crate::replica::msg::{self, EpochKind, Msg};
 use crate::replica::primary::PrimaryStart;
-use crate::replica::store::EpochStore;
+use crate::replica::store::{Applied, EpochStore, StoreError};
 use crate::replica::Config;
 use crate::restore::{self, RestoreOptions};
 
@@ -70,6 +70,14 @@ enum Ev {
     Msg(u64, Msg),
     Down(u64, String),
     ProgramExited(i32),
+    /// The apply thread of generation `gen` applied (or refused) an epoch.
+    Applied {
+        gen: u64,
+        term: u64,
+        epoch: u64,
+        kind: EpochKind,
+        result: Result<Applied, StoreError>,
+    },
     /// Re-protection ended while the program runs on (fenced, or an error).
     ProtectionEnded(NodeError),
 }
@@ -105,7 +113,6 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
         }
         Ok(s)
     };
-    let mut store = Some(new_store()?);
     let listener =
         smol::block_on(async_net::TcpListener::bind(a.listen)).map_err(|e| NodeError::Net {
             what: "listening on",
@@ -115,6 +122,15 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
     tracing::info!(listen = %a.listen, "backup waiting for a primary");
     let (ev_tx, ev_rx) = smol::channel::unbounded::<Ev>();
     smol::spawn(accept_task(listener, key, ev_tx.clone())).detach();
+    // Epochs are applied on their own thread, so this loop goes on receiving,
+    // staging and heartbeating while a large base is verified and applied.
+    let mut gen = 1u64;
+    let mut applier = Applier::start(new_store()?, gen, ev_tx.clone())?;
+    // The newest epoch the store applied (its term and number), and the Acks
+    // waiting for an apply: an Ack, or a heartbeat's committed epoch, never
+    // runs ahead of the store.
+    let mut applied: Option<(u64, u64)> = None;
+    let mut held_acks: Vec<(Option<u64>, u64, u64)> = Vec::new();
 
     let start = Instant::now();
     let compat = host_compat();
@@ -127,6 +143,13 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
     let mut app: Option<SocketAddr> = None;
     let mut acts = Vec::new();
     let mut restored_pid: Option<i32> = None;
+    let send_to = |conns: &HashMap<u64, Conn>, to: Option<u64>, msg: &Msg| {
+        if let Some(c) = to.and_then(|id| conns.get(&id)) {
+            if let Ok(b) = msg.to_bytes() {
+                let _ = c.q.try_send(b);
+            }
+        }
+    };
     smol::block_on(async {
         loop {
             let evs = next_events(&ev_rx).await;
@@ -143,7 +166,11 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                         tracing::info!(%peer, "a primary connected (channel authenticated)");
                         conns.insert(id, Conn { q, close, app });
                     }
-                    Ev::Msg(id, msg) => inputs.push((Some(id), BInput::Received(msg))),
+                    // A connection closed by a reset sends nothing more in.
+                    Ev::Msg(id, msg) if conns.contains_key(&id) => {
+                        inputs.push((Some(id), BInput::Received(msg)))
+                    }
+                    Ev::Msg(..) => {}
                     Ev::Down(id, why) => {
                         conns.remove(&id);
                         tracing::info!("a primary's connection ended: {why}");
@@ -151,6 +178,67 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                             current = None;
                             inputs.push((None, BInput::Disconnected));
                         }
+                    }
+                    Ev::Applied { gen: g, .. } if g != gen => {}
+                    Ev::Applied {
+                        term,
+                        kind,
+                        result: Ok(done),
+                        ..
+                    } => {
+                        applied = Some((term, done.epoch));
+                        {
+                            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                            s.term = term;
+                            s.epoch = done.epoch;
+                            s.acked = done.epoch;
+                            s.epochs += 1;
+                            if kind == EpochKind::Full {
+                                s.full_epochs += 1;
+                            }
+                        }
+                        if kind == EpochKind::Full {
+                            tracing::info!(
+                                epoch = done.epoch,
+                                term,
+                                pages = done.stored_pages,
+                                "committed a full base"
+                            );
+                        } else {
+                            tracing::debug!(
+                                epoch = done.epoch,
+                                term,
+                                pages = done.pages_written,
+                                "committed a delta"
+                            );
+                        }
+                        held_acks.retain(|&(to, t, e)| {
+                            if t == term && e <= done.epoch {
+                                send_to(&conns, to, &Msg::Ack { term: t, epoch: e });
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                    }
+                    Ev::Applied {
+                        epoch,
+                        result: Err(e),
+                        ..
+                    } => {
+                        tracing::error!(epoch, "the store refused epoch {epoch} after its transfer checksum matched: {e}; dropping this backup's state and starting empty (the primary will send a new base)");
+                        for (_, c) in conns.drain() {
+                            let _ = c.close.try_send(());
+                        }
+                        current = None;
+                        staged = None;
+                        gen += 1;
+                        applier = Applier::start(new_store()?, gen, ev_tx.clone())?;
+                        applied = None;
+                        held_acks.clear();
+                        m = Backup::new(a.cfg.clone(), me, compat)?;
+                        *stats.lock().unwrap_or_else(|e| e.into_inner()) = Stats::new("backup");
+                        inputs.clear();
                     }
                     Ev::ProgramExited(code) => {
                         tracing::info!("the restored program ended (exit code {code})");
@@ -163,7 +251,7 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                 }
             }
             inputs.push((None, BInput::Tick));
-            'inputs: for (from, input) in inputs {
+            for (from, input) in inputs {
                 m.step(ms_since(start), input, &mut acts);
                 let batch: Vec<BAction> = std::mem::take(&mut acts);
                 for act in batch {
@@ -176,11 +264,25 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                                 }
                             }
                             let to = from.or(current);
-                            if let Some(c) = to.and_then(|id| conns.get(&id)) {
-                                if let Ok(b) = msg.to_bytes() {
-                                    let _ = c.q.try_send(b);
+                            let msg = match msg {
+                                // Held until the store applied it.
+                                Msg::Ack { term, epoch }
+                                    if applied.is_none_or(|x| x < (term, epoch)) =>
+                                {
+                                    held_acks.push((to, term, epoch));
+                                    continue;
                                 }
-                            }
+                                // A heartbeat acknowledges only what the store applied.
+                                Msg::Heartbeat { term, epoch } => Msg::Heartbeat {
+                                    term,
+                                    epoch: match applied {
+                                        Some((t, e)) if t == term => epoch.min(e),
+                                        _ => 0,
+                                    },
+                                },
+                                msg => msg,
+                            };
+                            send_to(&conns, to, &msg);
                         }
                         BAction::StageBegin { epoch, .. } => staged = Some((epoch, Vec::new())),
                         BAction::StageData {
@@ -204,57 +306,26 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                                 Some((e, b)) if e == epoch => b,
                                 _ => Vec::new(),
                             };
-                            let mut st = store.take().expect("the store is here until promotion");
-                            let (st, r) = smol::unblock(move || {
-                                let r = st.apply(&bytes);
-                                (st, r)
-                            })
-                            .await;
-                            store = Some(st);
-                            match r {
-                                Ok(applied) => {
-                                    let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-                                    s.term = term;
-                                    s.epoch = applied.epoch;
-                                    s.acked = applied.epoch;
-                                    s.epochs += 1;
-                                    if kind == EpochKind::Full {
-                                        s.full_epochs += 1;
-                                        tracing::info!(
-                                            epoch,
-                                            term,
-                                            pages = applied.stored_pages,
-                                            "committed a full base"
-                                        );
-                                    } else {
-                                        tracing::debug!(
-                                            epoch,
-                                            term,
-                                            pages = applied.pages_written,
-                                            "committed a delta"
-                                        );
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::error!(epoch, "the store refused epoch {epoch} after its transfer checksum matched: {e}; dropping this backup's state and starting empty (the primary will send a new base)");
-                                    for (_, c) in conns.drain() {
-                                        let _ = c.close.try_send(());
-                                    }
-                                    current = None;
-                                    staged = None;
-                                    store = Some(new_store()?);
-                                    m = Backup::new(a.cfg.clone(), me, compat)?;
-                                    *stats.lock().unwrap_or_else(|e| e.into_inner()) =
-                                        Stats::new("backup");
-                                    break 'inputs;
-                                }
-                            }
+                            applier.apply(term, epoch, kind, bytes);
                         }
                         BAction::Promote { term, epoch } => {
+                            // Every apply asked for so far is done (or refused, which
+                            // left the store as it was) when the store comes back.
+                            let st = applier.take_store().await;
+                            // Results still queued from the finished apply thread
+                            // are of no use to a serving node.
+                            gen += 1;
+                            let epoch = match st.as_ref().and_then(|s| s.committed()) {
+                                Some(e) if e != epoch => {
+                                    tracing::warn!(epoch, "epoch {epoch} was never applied here (the store refused it); promoting the store's epoch {e}, the newest this backup acknowledged");
+                                    e
+                                }
+                                _ => epoch,
+                            };
                             let pid = promote(
                                 &a,
                                 &peer_key,
-                                &mut store,
+                                st,
                                 app,
                                 (term, epoch),
                                 &stats,
@@ -282,10 +353,83 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
     })
 }
 
+/// The thread that applies committed epochs to the [`EpochStore`], in order.
+struct Applier {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+enum Job {
+    Apply {
+        term: u64,
+        epoch: u64,
+        kind: EpochKind,
+        bytes: Vec<u8>,
+    },
+    /// Hand the store over (after every apply before it) and stop.
+    Take(smol::channel::Sender<EpochStore>),
+}
+
+impl Applier {
+    /// Starts the thread; its results come back as [`Ev::Applied`] of `gen`.
+    fn start(mut store: EpochStore, gen: u64, ev: Sender<Ev>) -> Result<Applier, NodeError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("apply".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    match job {
+                        Job::Apply {
+                            term,
+                            epoch,
+                            kind,
+                            bytes,
+                        } => {
+                            let result = store.apply(&bytes);
+                            drop(bytes);
+                            let _ = ev.send_blocking(Ev::Applied {
+                                gen,
+                                term,
+                                epoch,
+                                kind,
+                                result,
+                            });
+                        }
+                        Job::Take(back) => {
+                            let _ = back.send_blocking(store);
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| NodeError::Launch {
+                program: "the apply thread".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(Applier { jobs: tx })
+    }
+
+    fn apply(&self, term: u64, epoch: u64, kind: EpochKind, bytes: Vec<u8>) {
+        let _ = self.jobs.send(Job::Apply {
+            term,
+            epoch,
+            kind,
+            bytes,
+        });
+    }
+
+    /// The store once every apply asked for before is done; `None` if the thread
+    /// is gone.
+    async fn take_store(&self) -> Option<EpochStore> {
+        let (tx, rx) = smol::channel::bounded(1);
+        self.jobs.send(Job::Take(tx)).ok()?;
+        rx.recv().await.ok()
+    }
+}
+
 async fn promote(
     a: &BackupArgs,
     key: &channel::Key,
-    store: &mut Option<EpochStore>,
+    store: Option<EpochStore>,
     app: Option<SocketAddr>,
     (term, epoch): (u64, u64),
     stats: &SharedStats,
@@ -297,7 +441,7 @@ async fn promote(
         term,
         "the primary is silent: PROMOTING epoch {epoch} as term {term}"
     );
-    let st = store.take().expect("a store until promotion");
+    let st = store.ok_or(NodeError::NothingToPromote { epoch })?;
     let opts = a.restore.clone();
     let restored = smol::unblock(move || {
         let (e, pages) = st
