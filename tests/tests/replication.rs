@@ -282,6 +282,49 @@ fn a_primary_with_another_key_is_refused_and_nothing_is_applied() {
     pair.close().expect("tear down the pair");
 }
 
+/// The handshake compares kernel features: a backup that lacks one the primary's
+/// epochs need (played with `CS_TEST_HIDE_KERNEL_FEATURES`, here MPTCP) refuses
+/// before anything of the program is sent, and both sides say which.
+#[test]
+fn a_backup_without_a_kernel_feature_refuses_the_primary() {
+    let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
+    let dir = temp_dir("replication-features");
+    let key = dir.path().join("key");
+    driver::cs_ok(&["keygen", key.to_str().unwrap()]);
+    let listen = format!("{}:9100", pair.backup().addr());
+    let public = format!("{}:8000", pair.public_addr());
+    let bstatus = format!("{}:9200", pair.backup().addr());
+    pair.primary().claim_public().expect("public");
+    let mut bcmd = pair.backup().command(driver::driver());
+    bcmd.args(["backup", "--listen", &listen, "--key"])
+        .arg(&key)
+        .args(["--serve", &public, "--status", &bstatus])
+        .env("CS_TEST_HIDE_KERNEL_FEATURES", "16");
+    let mut backup = spawn(bcmd, &dir.path().join("backup.log"));
+    backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
+    let mut pcmd = pair.primary().command(driver::driver());
+    pcmd.args(["primary", "--backup", &listen, "--key"])
+        .arg(&key)
+        .args(["--serve", &format!("{public}={APP}"), "--"])
+        .arg(fixture_bin(GoToolchain::Go127, "kvstore"))
+        .args(["-addr", APP, "-preload-mib", "8"]);
+    let mut primary = spawn(pcmd, &dir.path().join("primary.log"));
+    backup.wait_for(
+        "REFUSED a primary: kernel features the primary's epochs need are missing on this node: MPTCP",
+        Duration::from_secs(30),
+    );
+    primary.wait_for("MPTCP", Duration::from_secs(30));
+    primary.wait_for("UNPROTECTED", Duration::from_secs(30));
+    primary.wait_for("READY", Duration::from_secs(30));
+    put_get(&public, "k", "v");
+    let b = status(&bstatus);
+    assert!(b.contains("\nchecksync_epochs_total 0\n"), "{b}");
+    assert!(!backup.log().contains("committed"), "{}", backup.log());
+    drop(primary);
+    drop(backup);
+    pair.close().expect("tear down the pair");
+}
+
 #[test]
 fn the_backup_killed_leaves_the_primary_serving_unprotected_until_a_new_backup_joins() {
     let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");

@@ -3,6 +3,7 @@
 //! `/proc` readers, the page-aligned staging buffer, and the vDSO's symbol
 //! table (read with `goblin`).
 
+pub mod features;
 pub mod mapped;
 pub mod procfs;
 pub mod staging;

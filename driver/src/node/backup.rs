@@ -264,6 +264,9 @@ pub fn run(a: BackupArgs) -> Result<i32, NodeError> {
                                 }
                             }
                             let to = from.or(current);
+                            if let Msg::Refuse { reason } = &msg {
+                                tracing::warn!("REFUSED a primary: {reason}");
+                            }
                             let msg = match msg {
                                 // Held until the store applied it.
                                 Msg::Ack { term, epoch }

@@ -100,14 +100,16 @@ pub enum NodeError {
     Usage(String),
 }
 
-/// What this machine's restore needs of an epoch: the XSAVE layout. No kernel
-/// feature bits are defined yet (both sides send 0).
+/// What a restore of this machine's epochs needs, and what this machine offers:
+/// the XSAVE layout and the kernel features a restore relies on. A primary sends
+/// its own; a backup refuses one with a feature it lacks (conservatively: a
+/// program that never uses MPTCP would not need it).
 pub fn host_compat() -> Compat {
     let (size, mask) = crate::linux::sys::host_xsave_layout();
     Compat {
         xsave_mask: mask,
         xsave_size: size,
-        kernel_features: 0,
+        kernel_features: crate::linux::features::restore_features(),
     }
 }
 

@@ -70,9 +70,48 @@ pub struct Compat {
     pub xsave_mask: u64,
     /// XSAVE area size in bytes.
     pub xsave_size: u32,
-    /// Kernel features the epochs need on the restoring side (bits defined by the
-    /// shell, e.g. userfaultfd write-protect, `PAGEMAP_SCAN`).
+    /// Kernel features the epochs need on the restoring side ([`feature`] bits).
     pub kernel_features: u64,
+}
+
+/// The kernel feature bits of [`Compat::kernel_features`]: what a restore of a
+/// primary's epochs relies on. The shell probes them (`linux::features`).
+pub mod feature {
+    /// `userfaultfd(2)` with its API handshake: the lazy page fill.
+    pub const USERFAULTFD: u64 = 1 << 0;
+    /// Time namespaces: the program's monotonic and boot clocks carry on.
+    pub const TIME_NS: u64 = 1 << 1;
+    /// `clone3` with `set_tid` (Linux 5.5): threads get their old ids.
+    pub const CLONE3_SET_TID: u64 = 1 << 2;
+    /// `MAP_DROPPABLE` (Linux 6.11): the vDSO getrandom state of Go >= 1.24.
+    pub const MAP_DROPPABLE: u64 = 1 << 3;
+    /// MPTCP enabled (`net.mptcp.enabled`): Go >= 1.24 listens with MPTCP.
+    pub const MPTCP: u64 = 1 << 4;
+    /// Every bit a restore needs.
+    pub const RESTORE: u64 = USERFAULTFD | TIME_NS | CLONE3_SET_TID | MAP_DROPPABLE | MPTCP;
+
+    /// The features' names, for messages.
+    pub const NAMES: [(u64, &str); 5] = [
+        (USERFAULTFD, "userfaultfd"),
+        (TIME_NS, "time namespaces"),
+        (CLONE3_SET_TID, "clone3 set_tid"),
+        (MAP_DROPPABLE, "MAP_DROPPABLE"),
+        (MPTCP, "MPTCP (net.mptcp.enabled=1)"),
+    ];
+
+    /// The names of the bits set in `bits` (unknown bits in hex).
+    pub fn names(bits: u64) -> String {
+        let mut v: Vec<String> = NAMES
+            .iter()
+            .filter(|(b, _)| bits & b != 0)
+            .map(|(_, n)| (*n).to_string())
+            .collect();
+        let unknown = bits & !NAMES.iter().fold(0, |a, (b, _)| a | b);
+        if unknown != 0 {
+            v.push(format!("unknown bits {unknown:#x}"));
+        }
+        v.join(", ")
+    }
 }
 
 impl Compat {
@@ -128,7 +167,8 @@ pub enum RefuseReason {
     },
     /// Code 3.
     #[error(
-        "kernel features {missing:#x} needed by the primary's epochs are missing on this node"
+        "kernel features the primary's epochs need are missing on this node: {}",
+        feature::names(*missing)
     )]
     KernelFeatures { missing: u64 },
     /// Code 4: the sender's term is older than one this node has seen.
