@@ -3,7 +3,8 @@
 # backup while a load client runs through the public port; kill the primary's
 # "machine" (the primary driver and the program it protects, SIGKILL); the backup
 # takes over from its in-memory copy, the client reconnects to the same public
-# address, and its recorded history is checked.
+# address; a new backup joins and the promoted side protects itself to it
+# (re-protection, under the same load); the client's recorded history is checked.
 #
 # Everything runs on this host: the primary's and the backup's processes share the
 # loopback, so the public port moves simply because the dead primary's listener is
@@ -23,7 +24,7 @@ bash scripts/build-fixtures.sh >/dev/null
 B=go-fixtures/build/go1.27.3
 T=${CARGO_TARGET_DIR:-target}/release
 CS=$T/cs-driver
-PUBLIC=127.0.0.1:18000 APP=127.0.0.1:17000 REPL=127.0.0.1:19100
+PUBLIC=127.0.0.1:18000 APP=127.0.0.1:17000 REPL=127.0.0.1:19100 REPL2=127.0.0.1:19103
 PSTAT=127.0.0.1:19102 BSTAT=127.0.0.1:19101
 work=$(mktemp -d)
 pids=()
@@ -39,8 +40,8 @@ trap cleanup EXIT
 say "a shared key for the pair: cs-driver keygen"
 "$CS" keygen "$work/key"
 
-say "backup: cs-driver backup --listen $REPL --serve $PUBLIC"
-"$CS" backup --listen "$REPL" --key "$work/key" --serve "$PUBLIC" --status "$BSTAT" \
+say "backup: cs-driver backup --listen $REPL --serve $PUBLIC --peer $REPL2"
+"$CS" backup --listen "$REPL" --key "$work/key" --serve "$PUBLIC" --status "$BSTAT" --peer "$REPL2" \
   --app-stdout "$work/restored.out" --app-stderr "$work/restored.err" 2>"$work/backup.log" &
 pids+=($!)
 sleep 0.5
@@ -69,6 +70,14 @@ kill -9 "$primary" "$kv"
 for _ in $(seq 100); do grep -q PROMOTED "$work/backup.log" && break; sleep 0.1; done
 cat "$work/backup.log"
 
+say "a new backup joins (the dead machine, started again empty): cs-driver backup --listen $REPL2 --peer $REPL"
+"$CS" backup --listen "$REPL2" --key "$work/key" --serve "$PUBLIC" --peer "$REPL" 2>"$work/backup2.log" &
+pids+=($!)
+for _ in $(seq 300); do grep -q "PROTECTED: the backup committed" "$work/backup.log" && break; sleep 0.1; done
+grep -q "PROTECTED: the backup committed" "$work/backup.log" || { cat "$work/backup.log" "$work/backup2.log"; exit 1; }
+grep -E "re-protecting|PROTECTED" "$work/backup.log"
+cat "$work/backup2.log"
+
 say "waiting for the load client to finish"
 wait "$client" || true
 echo "client summary: $(tail -n 1 "$work/client.json")"
@@ -78,4 +87,4 @@ say "status of the promoted backup (cs-driver status $BSTAT)"
 say "checking: the history is linearizable, every preloaded value is intact"
 "$T/cs-check" kv "$work/history.jsonl"
 "$T/cs-check" preload "$PUBLIC" 64
-say "done: the service survived the loss of its primary with no wrong answer"
+say "done: the service survived the loss of its primary with no wrong answer, and is protected again"

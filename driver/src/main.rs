@@ -237,6 +237,7 @@ fn replica_config(interval: u64, timeout: u64) -> cs_driver::replica::Config {
         epoch_interval_ms: interval.max(1),
         heartbeat_interval_ms: (timeout / 10).clamp(1, d.heartbeat_interval_ms),
         peer_timeout_ms: timeout,
+        backup_timeout_ms: 2 * timeout,
         stall_timeout_ms: d.stall_timeout_ms.max(timeout / 2),
         ..d
     }
@@ -253,13 +254,18 @@ fn init_logs(verbose: u8) {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,cs_driver={level}")));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(verbose > 0)
-        .without_time()
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    // With -v, each line says when (seconds since the driver started).
+    if verbose > 0 {
+        logs.with_timer(tracing_subscriber::fmt::time::uptime())
+            .init();
+    } else {
+        logs.without_time().init();
+    }
 }
 
 fn main() -> ExitCode {

@@ -244,3 +244,62 @@ pub fn maps(pid: u32) -> Vec<(u64, u64, String, String)> {
         })
         .collect()
 }
+
+#[derive(Debug)]
+/// A long-running `cs-driver` (primary, backup) whose stdout and stderr go to a
+/// log file; killed and reaped on drop.
+pub struct Logged {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Logged {
+    /// Starts `cmd` with its output appended to a new file `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> Logged {
+        let f = std::fs::File::create(log).expect("driver log");
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(f.try_clone().expect("log fd"))
+            .stderr(f)
+            .spawn()
+            .expect("spawning cs-driver");
+        Logged {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `what`; panics with the log after `limit`
+    /// or when the process ends first.
+    pub fn wait_for(&mut self, what: &str, limit: std::time::Duration) {
+        let t = std::time::Instant::now();
+        while !self.log().contains(what) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "{} ended ({st}) before logging {what:?}:\n{}",
+                    self.log.display(),
+                    self.log()
+                );
+            }
+            assert!(
+                t.elapsed() < limit,
+                "no {what:?} in {} within {limit:?}:\n{}",
+                self.log.display(),
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -766,6 +766,19 @@ pub fn kv_load(tc: GoToolchain, addr: &str, duration: &str, history: &Path) -> C
     c
 }
 
+/// Writes the MapReduce test input (`mrcoord -gen-inputs DIR`: 8 files, 4 MiB in
+/// all) into `input`; panics if that fails.
+pub fn gen_mr_inputs(tc: GoToolchain, input: &Path) {
+    let dir = input.to_str().expect("utf-8 path");
+    run_client(
+        &fixture_bin(tc, "mrcoord"),
+        &["-gen-inputs", dir, "-gen-mib", "4", "-gen-files", "8"],
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{tc}: generating the MapReduce inputs: {e}"))
+    .assert_success();
+}
+
 /// Three lock clients (`lockclient`, 2 connections each over 4 locks, ids 100,
 /// 200, 300 and up) against `addr` for `duration`, each recording its history in
 /// the matching file of `histories`.

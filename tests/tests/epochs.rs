@@ -659,25 +659,12 @@ fn lockserver_checkpointed_at_50_hz_go119() {
 /// with a correct output.
 fn mapreduce_at_50_hz(tc: GoToolchain) {
     use cs_tests::check::mr::check_mr;
-    use cs_tests::fixture::{run_client, Client};
+    use cs_tests::fixture::{gen_mr_inputs, Client};
     let dir = temp_dir("epochs-mr");
     let ck = dir.path().join("ck");
     let (input, output) = (dir.path().join("in"), dir.path().join("out"));
     let coord_bin = fixture_bin(tc, "mrcoord");
-    run_client(
-        &coord_bin,
-        &[
-            "-gen-inputs",
-            input.to_str().unwrap(),
-            "-gen-mib",
-            "4",
-            "-gen-files",
-            "8",
-        ],
-        Duration::from_secs(60),
-    )
-    .expect("generate inputs")
-    .assert_success();
+    gen_mr_inputs(tc, &input);
     let coord = Service::start(
         &coord_bin,
         &[

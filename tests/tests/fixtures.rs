@@ -16,7 +16,7 @@ use cs_tests::check::lock::{check_locks, LockViolation};
 use cs_tests::check::mr::check_mr;
 use cs_tests::check::preload::{preload_count, verify_preload};
 use cs_tests::fixture::{
-    fixture_bin, run_client, temp_dir, Client, ClientRun, GoToolchain, Service,
+    fixture_bin, gen_mr_inputs, run_client, temp_dir, Client, ClientRun, GoToolchain, Service,
 };
 
 const PRELOAD_MIB: u64 = 8;
@@ -297,13 +297,7 @@ fn mapreduce_word_count(tc: GoToolchain) {
     let dir = temp_dir("mr");
     let (input, output) = (dir.path().join("in"), dir.path().join("out"));
     let coord_bin = fixture_bin(tc, "mrcoord");
-    let gen = run_client(
-        &coord_bin,
-        &["-gen-inputs", p(&input), "-gen-mib", "4", "-gen-files", "8"],
-        CLIENT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{tc}: {e}"));
-    gen.assert_success();
+    gen_mr_inputs(tc, &input);
     let coord = Service::start(
         &coord_bin,
         &[

@@ -12,13 +12,11 @@
 //! there after it, every preloaded value is intact, and the client carried on
 //! after the failover.
 
-use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use cs_tests::check::{history, kv, preload::verify_preload};
-use cs_tests::driver;
+use cs_tests::driver::{self, Logged};
 use cs_tests::fixture::{fixture_bin, kv_load, temp_dir, Client, GoToolchain};
 use cs_tests::netns::Pair;
 use cs_tests::procs::{kv_get, kv_request};
@@ -26,92 +24,19 @@ use cs_tests::procs::{kv_get, kv_request};
 const APP: &str = "127.0.0.1:7000";
 const PRELOAD_MIB: u64 = 64;
 
-/// A driver process whose stderr goes to a file; killed on drop (the pair's
-/// teardown also kills it, this only reaps it).
-struct Driver {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Driver {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log contains `what`; panics with the log after `limit`.
-    fn wait_for(&mut self, what: &str, limit: Duration) {
-        let t = Instant::now();
-        while !self.log().contains(what) {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "{} ended ({st}) before logging {what:?}:\n{}",
-                    self.log.display(),
-                    self.log()
-                );
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no {what:?} in {} within {limit:?}:\n{}",
-                self.log.display(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(mut cmd: std::process::Command, log: &Path) -> Driver {
-    let f = File::create(log).expect("driver log");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().expect("log fd"))
-        .stderr(f)
-        .spawn()
-        .expect("spawning cs-driver");
-    Driver {
-        child,
-        log: log.to_path_buf(),
-    }
-}
-
 fn failover_under_load(tc: GoToolchain) {
     let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
     let dir = temp_dir("replication");
     let key = dir.path().join("key");
     driver::cs_ok(&["keygen", key.to_str().unwrap()]);
-    let _ = driver::stub();
-    let listen = format!("{}:9100", pair.backup().addr());
-    let public = format!("{}:8000", pair.public_addr());
-    pair.primary()
-        .claim_public()
-        .expect("public address on the primary");
-
-    let mut bcmd = pair.backup().command(driver::driver());
-    bcmd.args(["backup", "--listen", &listen, "--key"])
-        .arg(&key)
-        .args(["--serve", &public, "--app-stdout"])
-        .arg(dir.path().join("restored.out"))
-        .arg("--app-stderr")
-        .arg(dir.path().join("restored.err"));
-    let mut backup = spawn(bcmd, &dir.path().join("backup.log"));
-    backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
-
-    let mut pcmd = pair.primary().command(driver::driver());
-    pcmd.args(["primary", "--backup", &listen, "--key"])
-        .arg(&key)
-        .args(["--serve", &format!("{public}={APP}"), "--"])
-        .arg(fixture_bin(tc, "kvstore"))
-        .args(["-addr", APP, "-preload-mib", &PRELOAD_MIB.to_string()]);
-    let mut primary = spawn(pcmd, &dir.path().join("primary.log"));
-    primary.wait_for("PROTECTED", Duration::from_secs(60));
-    primary.wait_for("READY", Duration::from_secs(60));
+    let preload = PRELOAD_MIB.to_string();
+    let (primary, mut backup, public) = start_protected(
+        &pair,
+        dir.path(),
+        &key,
+        &fixture_bin(tc, "kvstore"),
+        &["-addr", APP, "-preload-mib", &preload],
+    );
 
     let hist = dir.path().join("history.jsonl");
     let client = Client::spawn(kv_load(tc, &public, "16s", &hist)).expect("kvclient");
@@ -140,18 +65,7 @@ fn failover_under_load(tc: GoToolchain) {
     eprintln!("{tc:?}: the primary machine dies {death_ms} ms after the marker write (CS_REPL_DEATH_MS={death_ms})");
     std::thread::sleep(Duration::from_millis(death_ms));
 
-    let died = Instant::now();
-    pair.primary()
-        .power_off()
-        .expect("power off the primary machine");
-    pair.primary()
-        .release_public()
-        .expect("release the public address");
-    pair.backup()
-        .claim_public()
-        .expect("public address on the backup");
-    backup.wait_for("PROMOTED at epoch", Duration::from_secs(30));
-    let promoted_after = died.elapsed();
+    let promoted_after = machine_death(&pair, &mut backup);
 
     let run = client.wait(Duration::from_secs(90)).expect("kvclient");
     run.assert_success();
@@ -207,7 +121,7 @@ fn start_pair(
     dir: &Path,
     pkey: &Path,
     bkey: &Path,
-) -> (Driver, Driver, String, String, String) {
+) -> (Logged, Logged, String, String, String) {
     let listen = format!("{}:9100", pair.backup().addr());
     let public = format!("{}:8000", pair.public_addr());
     let pstatus = format!("{}:9200", pair.primary().addr());
@@ -219,7 +133,7 @@ fn start_pair(
     bcmd.args(["backup", "--listen", &listen, "--key"])
         .arg(bkey)
         .args(["--serve", &public, "--status", &bstatus]);
-    let mut backup = spawn(bcmd, &dir.join("backup.log"));
+    let mut backup = Logged::spawn(bcmd, &dir.join("backup.log"));
     backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
     let mut pcmd = pair.primary().command(driver::driver());
     pcmd.args(["primary", "--backup", &listen, "--key"])
@@ -233,7 +147,7 @@ fn start_pair(
         ])
         .arg(fixture_bin(GoToolchain::Go127, "kvstore"))
         .args(["-addr", APP, "-preload-mib", "8"]);
-    let mut primary = spawn(pcmd, &dir.join("primary.log"));
+    let mut primary = Logged::spawn(pcmd, &dir.join("primary.log"));
     primary.wait_for("READY", Duration::from_secs(30));
     (primary, backup, public, pstatus, bstatus)
 }
@@ -300,7 +214,7 @@ fn a_backup_without_a_kernel_feature_refuses_the_primary() {
         .arg(&key)
         .args(["--serve", &public, "--status", &bstatus])
         .env("CS_TEST_HIDE_KERNEL_FEATURES", "16");
-    let mut backup = spawn(bcmd, &dir.path().join("backup.log"));
+    let mut backup = Logged::spawn(bcmd, &dir.path().join("backup.log"));
     backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
     let mut pcmd = pair.primary().command(driver::driver());
     pcmd.args(["primary", "--backup", &listen, "--key"])
@@ -308,7 +222,7 @@ fn a_backup_without_a_kernel_feature_refuses_the_primary() {
         .args(["--serve", &format!("{public}={APP}"), "--"])
         .arg(fixture_bin(GoToolchain::Go127, "kvstore"))
         .args(["-addr", APP, "-preload-mib", "8"]);
-    let mut primary = spawn(pcmd, &dir.path().join("primary.log"));
+    let mut primary = Logged::spawn(pcmd, &dir.path().join("primary.log"));
     backup.wait_for(
         "REFUSED a primary: kernel features the primary's epochs need are missing on this node: MPTCP",
         Duration::from_secs(30),
@@ -353,7 +267,7 @@ fn the_backup_killed_leaves_the_primary_serving_unprotected_until_a_new_backup_j
     bcmd.args(["backup", "--listen", &listen, "--key"])
         .arg(&key)
         .args(["--serve", &public]);
-    let mut backup2 = spawn(bcmd, &dir.path().join("backup2.log"));
+    let mut backup2 = Logged::spawn(bcmd, &dir.path().join("backup2.log"));
     backup2.wait_for("committed a full base", Duration::from_secs(30));
     let t = Instant::now();
     while !status(&pstatus).contains("\nchecksync_protected 1\n") {
@@ -486,7 +400,7 @@ fn start_backup(
     public: &str,
     dir: &Path,
     name: &str,
-) -> Driver {
+) -> Logged {
     let mut cmd = m.command(driver::driver());
     cmd.args(["backup", "--listen", &format!("{}:9100", m.addr()), "--key"])
         .arg(key)
@@ -500,7 +414,7 @@ fn start_backup(
         .arg(dir.join(format!("{name}.out")))
         .arg("--app-stderr")
         .arg(dir.join(format!("{name}.err")));
-    let mut d = spawn(cmd, &dir.join(format!("{name}.log")));
+    let mut d = Logged::spawn(cmd, &dir.join(format!("{name}.log")));
     d.wait_for("backup waiting for a primary", Duration::from_secs(10));
     d
 }
@@ -547,7 +461,7 @@ fn failover_after_failover(tc: GoToolchain) {
     .args(["--serve", &format!("{public}={APP}"), "--"])
     .arg(fixture_bin(tc, "kvstore"))
     .args(["-addr", APP, "-preload-mib", &PRELOAD_MIB.to_string()]);
-    let mut serving = spawn(pcmd, &dir.path().join("a-primary.log"));
+    let mut serving = Logged::spawn(pcmd, &dir.path().join("a-primary.log"));
     serving.wait_for("READY", Duration::from_secs(60));
     let mut on = 0usize; // the machine that serves
     let mut histories = Vec::new();
@@ -652,7 +566,7 @@ fn start_protected(
     key: &Path,
     program: &Path,
     args: &[&str],
-) -> (Driver, Driver, String) {
+) -> (Logged, Logged, String) {
     let _ = driver::stub();
     let listen = format!("{}:9100", pair.backup().addr());
     let public = format!("{}:8000", pair.public_addr());
@@ -666,7 +580,7 @@ fn start_protected(
         .arg(dir.join("restored.out"))
         .arg("--app-stderr")
         .arg(dir.join("restored.err"));
-    let mut backup = spawn(bcmd, &dir.join("backup.log"));
+    let mut backup = Logged::spawn(bcmd, &dir.join("backup.log"));
     backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
     let mut pcmd = pair.primary().command(driver::driver());
     pcmd.args(["primary", "--backup", &listen, "--key"])
@@ -674,14 +588,15 @@ fn start_protected(
         .args(["--serve", &format!("{public}={APP}"), "--"])
         .arg(program)
         .args(args);
-    let mut primary = spawn(pcmd, &dir.join("primary.log"));
+    let mut primary = Logged::spawn(pcmd, &dir.join("primary.log"));
     primary.wait_for("PROTECTED: the backup committed", Duration::from_secs(60));
+    primary.wait_for("READY", Duration::from_secs(60));
     (primary, backup, public)
 }
 
 /// Powers the primary machine off, moves the public address to the backup
 /// machine and waits for the promotion; returns how long it took.
-fn machine_death(pair: &Pair, backup: &mut Driver) -> Duration {
+fn machine_death(pair: &Pair, backup: &mut Logged) -> Duration {
     let died = Instant::now();
     pair.primary()
         .power_off()
@@ -760,27 +675,14 @@ fn lockserver_fails_over_without_two_holders() {
 /// workers (clients of the public address) carry on and the output is correct.
 fn mapreduce_failover(tc: GoToolchain) {
     use cs_tests::check::mr::check_mr;
-    use cs_tests::fixture::run_client;
+    use cs_tests::fixture::gen_mr_inputs;
     let pair = Pair::new().expect("the netns harness (run as root, with iproute2)");
     let dir = temp_dir("replication-mr");
     let key = dir.path().join("key");
     driver::cs_ok(&["keygen", key.to_str().unwrap()]);
     let (input, output) = (dir.path().join("in"), dir.path().join("out"));
     let coord_bin = fixture_bin(tc, "mrcoord");
-    run_client(
-        &coord_bin,
-        &[
-            "-gen-inputs",
-            input.to_str().unwrap(),
-            "-gen-mib",
-            "4",
-            "-gen-files",
-            "8",
-        ],
-        Duration::from_secs(60),
-    )
-    .expect("generate inputs")
-    .assert_success();
+    gen_mr_inputs(tc, &input);
     let (primary, mut backup, public) = start_protected(
         &pair,
         dir.path(),

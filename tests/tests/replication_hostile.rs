@@ -20,14 +20,12 @@
 //! value acknowledged before the fault. On a failure the relay's actions and both
 //! drivers' logs are printed.
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cs_tests::check::preload::verify_preload;
-use cs_tests::driver;
+use cs_tests::driver::{self, Logged};
 use cs_tests::fixture::{fixture_bin, temp_dir, GoToolchain};
 use cs_tests::netns::Pair;
 use cs_tests::procs::{kv_get, kv_request};
@@ -43,60 +41,6 @@ const TIMEOUT_MS: u64 = 8000;
 /// begin/commit records are under 100 bytes), and long enough for
 /// [`Fault::FlipLength`] (it subtracts 32768).
 const HELD_MIN_LEN: usize = 40_000;
-
-/// A driver process whose stderr goes to a file; killed on drop.
-struct Driver {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Driver {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log contains `what`; panics with the log after `limit`.
-    fn wait_for(&mut self, what: &str, limit: Duration) {
-        let t = Instant::now();
-        while !self.log().contains(what) {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "{} ended ({st}) before logging {what:?}:\n{}",
-                    self.log.display(),
-                    self.log()
-                );
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no {what:?} in {} within {limit:?}:\n{}",
-                self.log.display(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(mut cmd: std::process::Command, log: &Path) -> Driver {
-    let f = File::create(log).expect("driver log");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().expect("log fd"))
-        .stderr(f)
-        .spawn()
-        .expect("spawning cs-driver");
-    Driver {
-        child,
-        log: log.to_path_buf(),
-    }
-}
 
 /// Prints the relay's actions and both logs if the test panics.
 struct OnFailure<'a> {
@@ -221,7 +165,7 @@ fn hostile(fault: Fault) {
             "RUST_LOG",
             "warn,cs_driver=info,cs_driver::node::backup=debug",
         );
-    let mut backup = spawn(bcmd, &blog);
+    let mut backup = Logged::spawn(bcmd, &blog);
     backup.wait_for("backup waiting for a primary", Duration::from_secs(10));
 
     let mut pcmd = pair.primary().command(driver::driver());
@@ -238,7 +182,7 @@ fn hostile(fault: Fault) {
         ])
         .arg(fixture_bin(GoToolchain::Go127, "kvstore"))
         .args(["-addr", APP, "-preload-mib", &PRELOAD_MIB.to_string()]);
-    let mut primary = spawn(pcmd, &plog);
+    let mut primary = Logged::spawn(pcmd, &plog);
     primary.wait_for("PROTECTED", Duration::from_secs(60));
     primary.wait_for("READY", Duration::from_secs(60));
 

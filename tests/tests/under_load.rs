@@ -18,7 +18,7 @@ use cs_tests::check::mr::check_mr;
 use cs_tests::check::preload::verify_preload;
 use cs_tests::driver::{self, Restored};
 use cs_tests::fixture::{
-    fixture_bin, lock_clients, run_client, temp_dir, wait_until_accepting, Client, GoToolchain,
+    fixture_bin, gen_mr_inputs, lock_clients, temp_dir, wait_until_accepting, Client, GoToolchain,
     Service,
 };
 
@@ -188,13 +188,7 @@ fn mapreduce_mid_run(tc: GoToolchain) {
     let dir = temp_dir("cs-mr-restore");
     let (input, output) = (dir.path().join("in"), dir.path().join("out"));
     let coord_bin = fixture_bin(tc, "mrcoord");
-    run_client(
-        &coord_bin,
-        &["-gen-inputs", p(&input), "-gen-mib", "4", "-gen-files", "8"],
-        Duration::from_secs(60),
-    )
-    .expect("generate inputs")
-    .assert_success();
+    gen_mr_inputs(tc, &input);
     let coord = Service::start(
         &coord_bin,
         &[

@@ -600,6 +600,10 @@ async fn accept_task(listener: async_net::TcpListener, key: channel::Key, ev: Se
                             let _ = close_tx.try_send(());
                             return;
                         }
+                        // Sends complete without waiting while the socket has room:
+                        // let the other tasks of this executor (this connection's
+                        // reader among them) run between messages.
+                        smol::future::yield_now().await;
                     }
                 })
             };
@@ -638,6 +642,9 @@ async fn accept_task(listener: async_net::TcpListener, key: channel::Key, ev: Se
                             if ev.send(Ev::Msg(id, m)).await.is_err() {
                                 return;
                             }
+                            // A stream of epoch data is always ready to read: let the
+                            // writer's heartbeats and acks out between messages.
+                            smol::future::yield_now().await;
                         }
                         Ok((m, _)) => {
                             tracing::error!(%peer, "REFUSED a {} with trailing bytes", m.name());

@@ -539,6 +539,10 @@ async fn link_task(
                     }
                     stats.lock().unwrap_or_else(|e| e.into_inner()).wire_bytes +=
                         tx.wire_bytes() - before;
+                    // Sending a large epoch never waits while the socket has room: let
+                    // this connection's reader (the backup's heartbeats and acks) and
+                    // the proxy run between messages, or the backup seems silent.
+                    smol::future::yield_now().await;
                 }
                 let _ = tx.close().await;
                 Ok(())
@@ -561,6 +565,7 @@ async fn link_task(
                         if ev.send(Ev::LinkMsg(id, m)).await.is_err() {
                             return;
                         }
+                        smol::future::yield_now().await;
                     }
                     Ok((m, _)) => break format!("{} with trailing bytes refused", m.name()),
                     Err(e) => break format!("refused a message from the backup: {e}"),

@@ -653,6 +653,7 @@ mod tests {
             epoch_interval_ms: 20,
             heartbeat_interval_ms: 10,
             peer_timeout_ms: 100,
+            backup_timeout_ms: 100,
             stall_timeout_ms: 50,
             window: 2,
             max_epoch_bytes: 1 << 20,

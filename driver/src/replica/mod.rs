@@ -129,8 +129,15 @@ pub struct Config {
     pub epoch_interval_ms: u64,
     /// Each side sends a heartbeat this often once a session exists.
     pub heartbeat_interval_ms: u64,
-    /// Silence after which the peer is taken for dead.
+    /// Silence of the primary after which the backup takes it for dead (and
+    /// promotes): the failover's detection time.
     pub peer_timeout_ms: u64,
+    /// Silence of the backup after which the primary takes it for dead and goes
+    /// on unprotected. It may be longer than `peer_timeout_ms`: holding replies a
+    /// little longer is always safe, while giving up on a live backup costs a new
+    /// full base (and on a loaded machine, whose base then takes long again, can
+    /// repeat).
+    pub backup_timeout_ms: u64,
     /// A staged or announced epoch that makes no progress for this long is given up
     /// and a full base is asked for.
     pub stall_timeout_ms: u64,
@@ -163,6 +170,7 @@ impl Default for Config {
             epoch_interval_ms: 50,
             heartbeat_interval_ms: 50,
             peer_timeout_ms: 500,
+            backup_timeout_ms: 500,
             stall_timeout_ms: 250,
             window: 2,
             max_epoch_bytes: 16 << 30,
@@ -197,6 +205,13 @@ impl Config {
             return bad(
                 "peer_timeout_ms",
                 self.peer_timeout_ms,
+                "at least twice heartbeat_interval_ms",
+            );
+        }
+        if self.backup_timeout_ms < 2 * self.heartbeat_interval_ms {
+            return bad(
+                "backup_timeout_ms",
+                self.backup_timeout_ms,
                 "at least twice heartbeat_interval_ms",
             );
         }

@@ -275,7 +275,7 @@ impl Primary {
                 }
             }
             Link::Session { .. } => {
-                if silent > self.cfg.peer_timeout_ms {
+                if silent > self.cfg.backup_timeout_ms {
                     self.lose_backup(
                         UnprotectedWhy::BackupSilent { silent_ms: silent },
                         true,
@@ -533,6 +533,7 @@ mod tests {
             epoch_interval_ms: 20,
             heartbeat_interval_ms: 10,
             peer_timeout_ms: 100,
+            backup_timeout_ms: 100,
             stall_timeout_ms: 50,
             window: 2,
             max_epoch_bytes: 1 << 20,
@@ -688,6 +689,7 @@ mod tests {
                 output_epochs: mode,
                 epoch_interval_ms: 1000,
                 peer_timeout_ms: 10_000,
+                backup_timeout_ms: 10_000,
                 ..cfg()
             });
             synced(&mut p);

@@ -180,6 +180,7 @@ fn sim_config(window: usize) -> Config {
         epoch_interval_ms: 20,
         heartbeat_interval_ms: 10,
         peer_timeout_ms: 100,
+        backup_timeout_ms: 100,
         stall_timeout_ms: 40,
         window,
         max_epoch_bytes: 4096,
@@ -1408,7 +1409,8 @@ fn short(m: &Msg) -> String {
 /// Runs one seed; on a violation, runs it again with tracing and returns the
 /// violation, the seed and the last events.
 ///
-/// The seed also picks when output starts an epoch (every mode is exercised).
+/// The seed also picks when output starts an epoch (every mode is exercised) and
+/// the primary's backup timeout.
 fn run_seed(sc: &Scenario, seed: u64) -> Result<Stats, String> {
     let modes = [
         OutputEpochs::Pipelined,
@@ -1417,6 +1419,11 @@ fn run_seed(sc: &Scenario, seed: u64) -> Result<Stats, String> {
     ];
     let mut sc = sc.clone();
     sc.proto.output_epochs = modes[(seed % 3) as usize];
+    // And whether the primary gives up on a silent backup after the backup's
+    // timeout or after twice it (as the command line does).
+    if (seed / 3) % 2 == 1 {
+        sc.proto.backup_timeout_ms = 2 * sc.proto.peer_timeout_ms;
+    }
     let sc = &sc;
     World::new(sc, seed, false).run().map_err(|(e, _)| {
         let trace = match World::new(sc, seed, true).run() {
@@ -1528,6 +1535,7 @@ fn slow_backup_bounds_epochs_in_flight_and_grows_deltas() {
         let fast = Scenario {
             proto: Config {
                 peer_timeout_ms: 400,
+                backup_timeout_ms: 400,
                 ..sim_config(window)
             },
             faults: Faults::NONE,
