@@ -304,6 +304,7 @@ impl Session {
             new_mappings = c.new_mappings.len(),
             "epoch captured"
         );
+        tracing::trace!(pid, epoch = c.epoch.number, new = ?c.new_mappings, "mappings carried whole");
         // After the resume (an epoch never kills, so a refusal only stops the
         // session): no epoch that restore would refuse is written.
         crate::capture::refuse::captured(&c)?;
