@@ -47,7 +47,11 @@
 //! detection is T0 to the `PROMOTING` line, restore the backup's own `restore_ms`,
 //! and the rest of T0 to the first correct reply is the first reply (binding PUBLIC,
 //! the proxy, the program's first lazily filled pages, the prober's period). Five
-//! repetitions per timeout, medians.
+//! repetitions per timeout, medians. A setup whose primary logged `UNPROTECTED`
+//! (took its backup for silent, so its replies stopped waiting for the backup) or
+//! whose status says unprotected before the kill is not measured but counted and
+//! set up again (at most 3 setups per repetition). Every part counts the
+//! `UNPROTECTED` episodes it saw.
 //!
 //! Needs root (ptrace), the Go fixtures (`bash scripts/build-fixtures.sh`) and the
 //! release binaries `cs-driver` and `cs-restore-stub` side by side in
@@ -102,7 +106,9 @@ const FAILOVER_TIMEOUTS: [Option<u64>; 2] = [None, Some(250)];
 const PROBE_PERIOD: Duration = Duration::from_millis(2);
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
 const PROBE_READ_TIMEOUT: Duration = Duration::from_millis(200);
-const FAILOVER_GIVE_UP: Duration = Duration::from_secs(15);
+const FAILOVER_GIVE_UP: Duration = Duration::from_secs(10);
+/// Setups per repetition until one stays protected up to the kill.
+const FAILOVER_ATTEMPTS: usize = 3;
 const FAILOVER_TARGET_MS: f64 = 300.0;
 /// Before the marker is written: a failover soon after the base promotes while the
 /// backup still applies the preload's deltas (a restore of ~110 ms instead of ~30).
@@ -592,6 +598,16 @@ struct Pair {
 }
 
 impl Pair {
+    /// How often the primary logged `UNPROTECTED` (it took its backup for lost and
+    /// released output without it) since it was first protected.
+    fn unprotected_episodes(&self) -> usize {
+        self.ptail
+            .since(self.protected_at)
+            .iter()
+            .filter(|(_, l)| l.contains("UNPROTECTED:"))
+            .count()
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- primary (last lines) ---\n{}\n--- backup (last lines) ---\n{}",
@@ -771,6 +787,8 @@ struct PauseCase {
     d_epoch_bytes: f64,
     d_full: f64,
     ack_median_ms: f64,
+    /// `UNPROTECTED` episodes of the primary after its first `PROTECTED`.
+    unprotected: usize,
 }
 
 fn pause_case(heap_mib: u64, percent: f64, key: &Path, scratch: &Path) -> PauseCase {
@@ -867,6 +885,7 @@ fn pause_case(heap_mib: u64, percent: f64, key: &Path, scratch: &Path) -> PauseC
         d_epoch_bytes: d("checksync_epoch_bytes_sum"),
         d_full: d("checksync_full_epochs_total"),
         ack_median_ms: histogram_median(&s0, &s1, "checksync_epoch_ack_ms"),
+        unprotected: pair.unprotected_episodes(),
     };
     drop(pair);
     drop(dirtier);
@@ -896,10 +915,17 @@ fn print_pause_table(cases: &[PauseCase]) {
         let dirty = (c.hot_pages * PAGE) as f64;
         let wire = c.d_wire / c.d_epochs;
         let enc = c.d_epoch_bytes / c.d_epochs;
-        let full_note = if c.d_full > 0.0 {
-            format!(" ({} full)", c.d_full)
-        } else {
+        let mut notes = Vec::new();
+        if c.d_full > 0.0 {
+            notes.push(format!("{} full", c.d_full));
+        }
+        if c.unprotected > 0 {
+            notes.push(format!("{} UNPROTECTED", c.unprotected));
+        }
+        let full_note = if notes.is_empty() {
             String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
         };
         println!(
             "| {} MiB | {}% | {} | {:.2} MB | {}{full_note} | {:.1} | {} | {} | {} | {} | {} | {} MB | {} MB | {} | {} | {} | {} |",
@@ -981,6 +1007,8 @@ struct KvRun {
     wrong: f64,
     epochs_per_s: f64,
     ack_median_ms: f64,
+    /// `UNPROTECTED` episodes of the primary after its first `PROTECTED`.
+    unprotected: usize,
 }
 
 fn run_kvclient(addr: SocketAddr) -> (f64, f64, f64, f64, f64) {
@@ -1040,6 +1068,7 @@ fn kv_run(c: Kv, key: &Path, scratch: &Path) -> KvRun {
                 wrong,
                 epochs_per_s: f64::NAN,
                 ack_median_ms: f64::NAN,
+                unprotected: 0,
             };
         }
         Kv::ProxyOnly => vec![
@@ -1072,10 +1101,13 @@ fn kv_run(c: Kv, key: &Path, scratch: &Path) -> KvRun {
     let (ops_per_s, p50_us, p99_us, errors, wrong) = run_kvclient(pair.public);
     let secs = t.elapsed().as_secs_f64();
     let s1 = scrape(pair.pstatus).unwrap_or_else(|e| panic!("status: {e}\n{}", pair.logs()));
-    if s1.get("checksync_protected") != 1.0 {
+    let unprotected = pair.unprotected_episodes();
+    if s1.get("checksync_protected") != 1.0 || unprotected > 0 {
         eprintln!(
-            "replication: WARNING: {} was not protected at the end of its client run",
-            kv_label(c)
+            "replication: WARNING: {}: the primary lost its backup ({unprotected} UNPROTECTED \
+             episodes; protected at the end: {})",
+            kv_label(c),
+            s1.get("checksync_protected")
         );
     }
     drop(pair);
@@ -1087,6 +1119,7 @@ fn kv_run(c: Kv, key: &Path, scratch: &Path) -> KvRun {
         wrong,
         epochs_per_s: (s1.get("checksync_epochs_total") - s0.get("checksync_epochs_total")) / secs,
         ack_median_ms: histogram_median(&s0, &s1, "checksync_epoch_ack_ms"),
+        unprotected,
     }
 }
 
@@ -1119,8 +1152,8 @@ fn print_throughput_table(runs: &[Vec<KvRun>]) {
          -keys {KV_KEYS} through PUBLIC (unprotected: straight to the program); {ROUNDS} rounds, \
          order rotated per round, a fresh kvstore and driver pair per run (medians over the rounds):"
     );
-    println!("| configuration | ops/s median | ops/s of each round | loss vs unprotected | loss/target (5% at 20 Hz, no output commit) | p50 µs | p99 µs | epochs/s | ack ms (histogram) | client errors | wrong |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| configuration | ops/s median | ops/s of each round | loss vs unprotected | loss/target (5% at 20 Hz, no output commit) | p50 µs | p99 µs | epochs/s | ack ms (histogram) | UNPROTECTED episodes | client errors | wrong |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, rs) in KV_CONFIGS.iter().zip(runs) {
         let ops = col(rs, &|r| r.ops_per_s);
         let m = median(&ops);
@@ -1138,12 +1171,13 @@ fn print_throughput_table(runs: &[Vec<KvRun>]) {
             _ => (format!("{loss:.1}%"), "—".to_string()),
         };
         println!(
-            "| {} | {m:.0} | {each} | {loss_s} | {ratio} | {} | {} | {} | {} | {:.0} | {:.0} |",
+            "| {} | {m:.0} | {each} | {loss_s} | {ratio} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
             kv_label(*c),
             f(median(&col(rs, &|r| r.p50_us)), 0),
             f(median(&col(rs, &|r| r.p99_us)), 0),
             f(median(&col(rs, &|r| r.epochs_per_s)), 0),
             ack(median(&col(rs, &|r| r.ack_median_ms))),
+            rs.iter().map(|r| r.unprotected).sum::<usize>(),
             col(rs, &|r| r.errors).iter().sum::<f64>(),
             col(rs, &|r| r.wrong).iter().sum::<f64>(),
         );
@@ -1178,7 +1212,15 @@ struct Failover {
     wrong: u32,
 }
 
-fn failover_rep(timeout_ms: Option<u64>, rep: usize, key: &Path, scratch: &Path) -> Failover {
+/// One failover; None when the primary was not protected all along before the kill
+/// (it took its backup for silent, so the marker's reply did not wait for the
+/// backup): not measured, the caller tries again.
+fn failover_rep(
+    timeout_ms: Option<u64>,
+    rep: usize,
+    key: &Path,
+    scratch: &Path,
+) -> Option<Failover> {
     let cfg = PairCfg {
         verbose: false,
         primary_flags: Vec::new(),
@@ -1187,6 +1229,17 @@ fn failover_rep(timeout_ms: Option<u64>, rep: usize, key: &Path, scratch: &Path)
     };
     let mut pair = start_pair(&cfg, key, scratch);
     thread::sleep(FAILOVER_SETTLE);
+    let protected = |pair: &Pair| {
+        pair.unprotected_episodes() == 0
+            && scrape(pair.pstatus).is_ok_and(|m| m.get("checksync_protected") == 1.0)
+    };
+    if !protected(&pair) {
+        eprintln!(
+            "replication: failover (timeout {timeout_ms:?}, rep {rep}): the primary lost its              backup before the marker; trying again\n{}",
+            pair.logs()
+        );
+        return None;
+    }
     let value = format!("marker-{}-{rep}-{}", std::process::id(), pair.public.port());
     let put = request(
         pair.public,
@@ -1197,6 +1250,14 @@ fn failover_rep(timeout_ms: Option<u64>, rep: usize, key: &Path, scratch: &Path)
     .unwrap_or_else(|e| panic!("PUT marker through PUBLIC: {e}\n{}", pair.logs()));
     assert!(put.starts_with("1 OK"), "PUT marker answered {put:?}");
     thread::sleep(Duration::from_millis(200));
+    if !protected(&pair) {
+        eprintln!(
+            "replication: failover (timeout {timeout_ms:?}, rep {rep}): the primary lost its \
+             backup before the kill; trying again\n{}",
+            pair.logs()
+        );
+        return None;
+    }
 
     // The primary's machine dies.
     let from = pair.btail.len();
@@ -1262,21 +1323,42 @@ fn failover_rep(timeout_ms: Option<u64>, rep: usize, key: &Path, scratch: &Path)
         );
     }
     drop(pair);
-    Failover {
+    Some(Failover {
         total_ms,
         detection_ms,
         restore_ms,
         probes,
         wrong,
-    }
+    })
 }
 
-fn failover(key: &Path, scratch: &Path) -> Vec<(Option<u64>, Vec<Failover>)> {
+struct FailoverRow {
+    timeout: Option<u64>,
+    reps: Vec<Failover>,
+    /// Setups where the primary lost its backup before the kill (not measured).
+    unprotected: usize,
+}
+
+fn failover(key: &Path, scratch: &Path) -> Vec<FailoverRow> {
     let mut out = Vec::new();
     for timeout in FAILOVER_TIMEOUTS {
-        let mut reps = Vec::new();
+        let mut row = FailoverRow {
+            timeout,
+            reps: Vec::new(),
+            unprotected: 0,
+        };
         for rep in 0..FAILOVER_REPS {
-            let r = failover_rep(timeout, rep, key, scratch);
+            let mut r = None;
+            for _ in 0..FAILOVER_ATTEMPTS {
+                r = failover_rep(timeout, rep, key, scratch);
+                if r.is_some() {
+                    break;
+                }
+                row.unprotected += 1;
+            }
+            let Some(r) = r else {
+                continue;
+            };
             eprintln!(
                 "replication: failover, timeout {}: {} ms (detection {:.0}, restore {:.1})",
                 timeout_label(timeout),
@@ -1284,9 +1366,9 @@ fn failover(key: &Path, scratch: &Path) -> Vec<(Option<u64>, Vec<Failover>)> {
                 r.detection_ms,
                 r.restore_ms
             );
-            reps.push(r);
+            row.reps.push(r);
         }
-        out.push((timeout, reps));
+        out.push(row);
     }
     out
 }
@@ -1298,40 +1380,41 @@ fn timeout_label(t: Option<u64>) -> String {
     }
 }
 
-fn print_failover_table(rows: &[(Option<u64>, Vec<Failover>)]) {
+fn print_failover_table(rows: &[FailoverRow]) {
     println!();
     println!(
         "Failover: kvstore -preload-mib {KV_PRELOAD_MIB} protected, a PUT marker acknowledged, \
          then the primary driver and the kvstore SIGKILLed together (T0); a prober sends GET \
          marker through PUBLIC every {} ms on a new connection; {FAILOVER_REPS} repetitions per \
-         timeout (medians; the parts are medians of each column, so they do not add up exactly):",
+         timeout (medians over the repetitions answered; the parts are medians of each column, \
+         so they do not add up exactly):",
         PROBE_PERIOD.as_millis()
     );
-    println!("| --timeout (both drivers) | T0 to the first correct reply, ms | median/target (300 ms) | detection (T0 to PROMOTING) ms | restore (restore_ms) ms | first reply (the rest) ms | each repetition ms | no reply in 15 s | probes per failover | wrong replies |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (t, reps) in rows {
-        let totals: Vec<f64> = reps.iter().filter_map(|r| r.total_ms).collect();
-        let rest: Vec<f64> = reps
-            .iter()
-            .filter_map(|r| Some(r.total_ms? - r.detection_ms - r.restore_ms))
-            .collect();
-        let each = reps
+    println!("| --timeout (both drivers) | T0 to the first correct reply, ms | median/target (300 ms) | detection (T0 to PROMOTING) ms | restore (restore_ms) ms | first reply (the rest) ms | each repetition ms | no correct reply in {} s | setups not protected at the kill (retried, not measured) | probes per failover | replies without the marker |", FAILOVER_GIVE_UP.as_secs());
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        let ok: Vec<&Failover> = row.reps.iter().filter(|r| r.total_ms.is_some()).collect();
+        let col = |g: &dyn Fn(&Failover) -> f64| ok.iter().map(|r| g(r)).collect::<Vec<f64>>();
+        let totals = col(&|r| r.total_ms.unwrap_or(f64::NAN));
+        let rest = col(&|r| r.total_ms.unwrap_or(f64::NAN) - r.detection_ms - r.restore_ms);
+        let each = row
+            .reps
             .iter()
             .map(|r| r.total_ms.map_or("none".into(), |t| format!("{t:.0}")))
             .collect::<Vec<_>>()
             .join(", ");
-        let col = |g: &dyn Fn(&Failover) -> f64| reps.iter().map(g).collect::<Vec<f64>>();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {each} | {} | {} | {} |",
-            timeout_label(*t),
+            "| {} | {} | {} | {} | {} | {} | {each} | {} | {} | {} | {} |",
+            timeout_label(row.timeout),
             f(median(&totals), 0),
             f(median(&totals) / FAILOVER_TARGET_MS, 2),
             f(median(&col(&|r| r.detection_ms)), 0),
             f(median(&col(&|r| r.restore_ms)), 1),
             f(median(&rest), 1),
-            reps.iter().filter(|r| r.total_ms.is_none()).count(),
+            row.reps.len() - ok.len(),
+            row.unprotected,
             f(median(&col(&|r| r.probes as f64)), 0),
-            reps.iter().map(|r| r.wrong).sum::<u32>(),
+            row.reps.iter().map(|r| r.wrong).sum::<u32>(),
         );
     }
 }
