@@ -1235,7 +1235,7 @@ fn failover_rep(
     };
     if !protected(&pair) {
         eprintln!(
-            "replication: failover (timeout {timeout_ms:?}, rep {rep}): the primary lost its              backup before the marker; trying again\n{}",
+            "replication: failover (timeout {timeout_ms:?}, rep {rep}): the primary lost its backup before the marker; trying again\n{}",
             pair.logs()
         );
         return None;
