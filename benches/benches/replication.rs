@@ -12,16 +12,16 @@
 //! (50 ms; the dirtier has no listener, so only the interval starts epochs; its
 //! `--serve` addresses are unused). `--timeout` is the default at 256 MiB and 5 s at
 //! 1 GiB (see [`pause_timeout_ms`]). Once the primary logs `PROTECTED`, 5 delta
-//! epochs of warm-up; then the
-//! primary's status is read when nothing is in flight (acked = captured), about 40
-//! delta epochs pass (or 25 s), and the status is read again the same way. From the debug line
-//! of every epoch between the two reads (`epoch captured epoch=N full=false bytes=B
-//! pause_ms=P capture_ms=C encode_ms=E`): median and p90 pause, median capture and
-//! encode time and epoch bytes. From the two status reads: the channel bytes sent
-//! per epoch (`checksync_wire_bytes_total` over `checksync_epochs_total`, framing,
-//! encryption and the heartbeats in between included) against the dirty bytes (hot
-//! set pages x 4096), and the median ack latency (`checksync_epoch_ack_ms`, the
-//! histogram's buckets interpolated).
+//! epochs of warm-up; then the primary's status is read when nothing is in flight
+//! (acked = captured), about 40 delta epochs pass (or 25 s), and the status is read
+//! again the same way. From the debug line of every epoch between the two reads
+//! (`epoch captured epoch=N full=false bytes=B pause_ms=P capture_ms=C
+//! encode_ms=E`): median and p90 pause, median capture and encode time and epoch
+//! bytes. From the two status reads: the channel bytes sent per epoch
+//! (`checksync_wire_bytes_total` over `checksync_epochs_total`, framing, encryption
+//! and the heartbeats in between included) against the dirty bytes (hot set pages x
+//! 4096), and the median ack latency (`checksync_epoch_ack_ms`, the histogram's
+//! buckets interpolated).
 //!
 //! Part 2, kvstore throughput. `kvstore -preload-mib 64` and `kvclient -conns 4
 //! -duration 5s -keys 50` (its JSON summary: ops/s, p50 and p99 reply latency) in
@@ -29,13 +29,13 @@
 //! primary's proxy alone (`--no-output-commit` and an interval no run reaches: the
 //! full base, then no epoch); protected with `--no-output-commit` at 20 Hz and 50 Hz
 //! (`--interval 50`, `--interval 20`: replies leave at once, epochs only at the
-//! interval); protected with output commit
-//! at 20 Hz with `--output-epochs off` (epochs only at the interval), `when-idle`
-//! and `pipelined` (the default). Every run has its own kvstore (and pair of drivers
-//! on fresh ports), started, protected (`PROTECTED` logged) and left 1 s before the
-//! client, and torn down after it. Three rounds, the order rotated each round.
-//! Reported: medians over the rounds, the loss against unprotected, and from the
-//! primary's status around the client: epochs per second and the ack latency median.
+//! interval); protected with output commit at 20 Hz with `--output-epochs off`
+//! (epochs only at the interval), `when-idle` and `pipelined` (the default). Every
+//! run has its own kvstore (and pair of drivers on fresh ports), started, protected
+//! (`PROTECTED` logged) and left 1 s before the client, and torn down after it.
+//! Three rounds, the order rotated each round. Reported: medians over the rounds,
+//! the loss against unprotected, and from the primary's status around the client:
+//! epochs per second and the ack latency median.
 //!
 //! Part 3, failover time. kvstore 64 MiB protected (`--timeout` default, then 250 ms
 //! on both drivers); 2 s after `PROTECTED` a `PUT marker VALUE` through PUBLIC is
@@ -47,11 +47,13 @@
 //! detection is T0 to the `PROMOTING` line, restore the backup's own `restore_ms`,
 //! and the rest of T0 to the first correct reply is the first reply (binding PUBLIC,
 //! the proxy, the program's first lazily filled pages, the prober's period). Five
-//! repetitions per timeout, medians. A setup whose primary logged `UNPROTECTED`
-//! (took its backup for silent, so its replies stopped waiting for the backup) or
-//! whose status says unprotected before the kill is not measured but counted and
-//! set up again (at most 3 setups per repetition). Every part counts the
-//! `UNPROTECTED` episodes it saw.
+//! repetitions per timeout, medians. A setup is not measured but counted and set up
+//! again (at most 3 setups per repetition) when it fails, when the primary logged
+//! `UNPROTECTED` or its status says unprotected before the kill (it took its backup
+//! for silent, so its replies stopped waiting for the backup), or when the backup
+//! promoted while the primary lived (it took the primary for silent; on one host
+//! its restore then fails on the program's address in use). Parts 1 and 2 count the
+//! `UNPROTECTED` episodes they saw, and set a failed pair up once more.
 //!
 //! Needs root (ptrace), the Go fixtures (`bash scripts/build-fixtures.sh`) and the
 //! release binaries `cs-driver` and `cs-restore-stub` side by side in
@@ -126,6 +128,8 @@ const PROTECT_TIMEOUT: Duration = Duration::from_secs(180);
 // so no destructor would run.
 
 static STARTED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// The scratch folder (key, restored programs' output), removed by the panic hook.
+static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 fn started(pid: i32) {
     STARTED.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
@@ -151,6 +155,9 @@ fn kill_started_on_panic() {
             for &pid in list.iter() {
                 signal(pid, libc::SIGKILL);
             }
+        }
+        if let Ok(Some(dir)) = SCRATCH.try_lock().as_deref() {
+            let _ = fs::remove_dir_all(dir);
         }
         default(info);
     }));
@@ -620,7 +627,10 @@ impl Pair {
     }
 }
 
-fn start_pair(cfg: &PairCfg, key: &Path, scratch: &Path) -> Pair {
+/// Starts a backup, then a primary, and waits until the primary is protected and
+/// (launched) its program printed READY. Err: a driver exited or nothing was
+/// protected in time, with the logs (everything started is killed).
+fn start_pair(cfg: &PairCfg, key: &Path, scratch: &Path) -> Result<Pair, String> {
     let a = free_addrs(5);
     let (repl, public, app, pstatus, bstatus) = (a[0], a[1], a[2], a[3], a[4]);
     let timeout: Vec<String> = cfg
@@ -649,13 +659,17 @@ fn start_pair(cfg: &PairCfg, key: &Path, scratch: &Path) -> Pair {
     let t = Instant::now();
     while btail.find(0, "backup waiting for a primary").is_none() {
         if let Some(st) = backup.exited() {
-            panic!("cs-driver backup exited ({st}):\n{}", btail.last(30));
+            return Err(format!(
+                "cs-driver backup exited ({st}):\n{}",
+                btail.last(30)
+            ));
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the backup does not listen after 30 s:\n{}",
-            btail.last(30)
-        );
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "the backup does not listen after 30 s:\n{}",
+                btail.last(30)
+            ));
+        }
         thread::sleep(Duration::from_millis(2));
     }
 
@@ -714,21 +728,35 @@ fn start_pair(cfg: &PairCfg, key: &Path, scratch: &Path) -> Pair {
         if let Some((i, _, _)) = pair.ptail.find(0, "PROTECTED: the backup committed") {
             if !launched || pair.program.is_some() {
                 pair.protected_at = i;
-                return pair;
+                return Ok(pair);
             }
         }
         if let Some(st) = pair.primary.exited() {
-            panic!("cs-driver primary exited ({st}):\n{}", pair.logs());
+            return Err(format!("cs-driver primary exited ({st}):\n{}", pair.logs()));
         }
         if let Some(st) = pair.backup.exited() {
-            panic!("cs-driver backup exited ({st}):\n{}", pair.logs());
+            return Err(format!("cs-driver backup exited ({st}):\n{}", pair.logs()));
         }
-        assert!(
-            t.elapsed() < PROTECT_TIMEOUT,
-            "not protected after {PROTECT_TIMEOUT:?}:\n{}",
-            pair.logs()
-        );
+        if t.elapsed() > PROTECT_TIMEOUT {
+            return Err(format!(
+                "not protected after {PROTECT_TIMEOUT:?}:\n{}",
+                pair.logs()
+            ));
+        }
         thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// [`start_pair`], set up once more if the first setup fails (the failure is
+/// printed); panics if both fail.
+fn start_pair_retrying(cfg: &PairCfg, key: &Path, scratch: &Path, what: &str) -> Pair {
+    match start_pair(cfg, key, scratch) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("replication: {what}: the setup failed, trying once more: {e}");
+            start_pair(cfg, key, scratch)
+                .unwrap_or_else(|e| panic!("{what}: the setup failed twice: {e}"))
+        }
     }
 }
 
@@ -818,7 +846,12 @@ fn pause_case(heap_mib: u64, percent: f64, key: &Path, scratch: &Path) -> PauseC
         timeout_ms,
         program: Program::Pid(dirtier.pid),
     };
-    let pair = start_pair(&cfg, key, scratch);
+    let pair = start_pair_retrying(
+        &cfg,
+        key,
+        scratch,
+        &format!("{heap_mib} MiB, {percent}% dirty"),
+    );
     // The base the backup committed: the last full epoch before `PROTECTED`.
     let full_pause_ms = pair
         .ptail
@@ -1097,7 +1130,7 @@ fn kv_run(c: Kv, key: &Path, scratch: &Path) -> KvRun {
         timeout_ms: None,
         program: Program::Launch(kvstore_args()),
     };
-    let pair = start_pair(&cfg, key, scratch);
+    let pair = start_pair_retrying(&cfg, key, scratch, &kv_label(c));
     thread::sleep(SETTLE);
     let s0 = scrape(pair.pstatus).unwrap_or_else(|e| panic!("status: {e}\n{}", pair.logs()));
     let t = Instant::now();
@@ -1215,33 +1248,68 @@ struct Failover {
     wrong: u32,
 }
 
-/// One failover; None when the primary was not protected all along before the kill
-/// (it took its backup for silent, so the marker's reply did not wait for the
-/// backup): not measured, the caller tries again.
+/// Why a failover setup was not measured (the caller sets up again).
+enum NotMeasured {
+    /// The setup failed, or the primary was not protected all along before the
+    /// kill (it took its backup for silent, so the marker's reply did not wait for
+    /// the backup).
+    Unprotected,
+    /// The backup promoted while the primary was alive (it took the primary for
+    /// silent); on one host its restore then fails (the program's address is in
+    /// use) and the backup exits.
+    FalsePromotion,
+}
+
+/// One failover.
 fn failover_rep(
     timeout_ms: Option<u64>,
     rep: usize,
     key: &Path,
     scratch: &Path,
-) -> Option<Failover> {
+) -> Result<Failover, NotMeasured> {
     let cfg = PairCfg {
         verbose: false,
         primary_flags: Vec::new(),
         timeout_ms,
         program: Program::Launch(kvstore_args()),
     };
-    let mut pair = start_pair(&cfg, key, scratch);
-    thread::sleep(FAILOVER_SETTLE);
-    let protected = |pair: &Pair| {
-        pair.unprotected_episodes() == 0
-            && scrape(pair.pstatus).is_ok_and(|m| m.get("checksync_protected") == 1.0)
+    let label = format!("failover (timeout {timeout_ms:?}, rep {rep})");
+    let mut pair = match start_pair(&cfg, key, scratch) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("replication: {label}: the setup failed; trying again: {e}");
+            return Err(if e.contains("PROMOTING") {
+                NotMeasured::FalsePromotion
+            } else {
+                NotMeasured::Unprotected
+            });
+        }
     };
-    if !protected(&pair) {
-        eprintln!(
-            "replication: failover (timeout {timeout_ms:?}, rep {rep}): the primary lost its backup before the marker; trying again\n{}",
-            pair.logs()
-        );
-        return None;
+    thread::sleep(FAILOVER_SETTLE);
+    let check = |pair: &mut Pair, when: &str| {
+        let why = if pair.btail.find(0, "PROMOTING").is_some() || pair.backup.exited().is_some() {
+            Some(NotMeasured::FalsePromotion)
+        } else if pair.unprotected_episodes() > 0
+            || !scrape(pair.pstatus).is_ok_and(|m| m.get("checksync_protected") == 1.0)
+        {
+            Some(NotMeasured::Unprotected)
+        } else {
+            None
+        };
+        if let Some(w) = &why {
+            let what = match w {
+                NotMeasured::Unprotected => "the primary lost its backup",
+                NotMeasured::FalsePromotion => "the backup promoted while the primary lived",
+            };
+            eprintln!(
+                "replication: {label}: {what} before {when}; trying again\n{}",
+                pair.logs()
+            );
+        }
+        why
+    };
+    if let Some(w) = check(&mut pair, "the marker") {
+        return Err(w);
     }
     let value = format!("marker-{}-{rep}-{}", std::process::id(), pair.public.port());
     let put = request(
@@ -1253,13 +1321,8 @@ fn failover_rep(
     .unwrap_or_else(|e| panic!("PUT marker through PUBLIC: {e}\n{}", pair.logs()));
     assert!(put.starts_with("1 OK"), "PUT marker answered {put:?}");
     thread::sleep(Duration::from_millis(200));
-    if !protected(&pair) {
-        eprintln!(
-            "replication: failover (timeout {timeout_ms:?}, rep {rep}): the primary lost its \
-             backup before the kill; trying again\n{}",
-            pair.logs()
-        );
-        return None;
+    if let Some(w) = check(&mut pair, "the kill") {
+        return Err(w);
     }
 
     // The primary's machine dies.
@@ -1326,7 +1389,7 @@ fn failover_rep(
         );
     }
     drop(pair);
-    Some(Failover {
+    Ok(Failover {
         total_ms,
         detection_ms,
         restore_ms,
@@ -1338,8 +1401,11 @@ fn failover_rep(
 struct FailoverRow {
     timeout: Option<u64>,
     reps: Vec<Failover>,
-    /// Setups where the primary lost its backup before the kill (not measured).
+    /// Setups that failed or whose primary lost its backup before the kill (not
+    /// measured).
     unprotected: usize,
+    /// Setups whose backup promoted while the primary lived (not measured).
+    false_promotions: usize,
 }
 
 fn failover(key: &Path, scratch: &Path) -> Vec<FailoverRow> {
@@ -1349,15 +1415,19 @@ fn failover(key: &Path, scratch: &Path) -> Vec<FailoverRow> {
             timeout,
             reps: Vec::new(),
             unprotected: 0,
+            false_promotions: 0,
         };
         for rep in 0..FAILOVER_REPS {
             let mut r = None;
             for _ in 0..FAILOVER_ATTEMPTS {
-                r = failover_rep(timeout, rep, key, scratch);
-                if r.is_some() {
-                    break;
+                match failover_rep(timeout, rep, key, scratch) {
+                    Ok(f) => {
+                        r = Some(f);
+                        break;
+                    }
+                    Err(NotMeasured::Unprotected) => row.unprotected += 1,
+                    Err(NotMeasured::FalsePromotion) => row.false_promotions += 1,
                 }
-                row.unprotected += 1;
             }
             let Some(r) = r else {
                 continue;
@@ -1393,8 +1463,8 @@ fn print_failover_table(rows: &[FailoverRow]) {
          so they do not add up exactly):",
         PROBE_PERIOD.as_millis()
     );
-    println!("| --timeout (both drivers) | T0 to the first correct reply, ms | median/target (300 ms) | detection (T0 to PROMOTING) ms | restore (restore_ms) ms | first reply (the rest) ms | each repetition ms | no correct reply in {} s | setups not protected at the kill (retried, not measured) | probes per failover | replies without the marker |", FAILOVER_GIVE_UP.as_secs());
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| --timeout (both drivers) | T0 to the first correct reply, ms | median/target (300 ms) | detection (T0 to PROMOTING) ms | restore (restore_ms) ms | first reply (the rest) ms | each repetition ms | no correct reply in {} s | setups that failed or lost their backup before the kill (retried, not measured) | setups whose backup promoted while the primary lived (retried, not measured) | probes per failover | replies without the marker |", FAILOVER_GIVE_UP.as_secs());
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let ok: Vec<&Failover> = row.reps.iter().filter(|r| r.total_ms.is_some()).collect();
         let col = |g: &dyn Fn(&Failover) -> f64| ok.iter().map(|r| g(r)).collect::<Vec<f64>>();
@@ -1407,7 +1477,7 @@ fn print_failover_table(rows: &[FailoverRow]) {
             .collect::<Vec<_>>()
             .join(", ");
         println!(
-            "| {} | {} | {} | {} | {} | {} | {each} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {each} | {} | {} | {} | {} | {} |",
             timeout_label(row.timeout),
             f(median(&totals), 0),
             f(median(&totals) / FAILOVER_TARGET_MS, 2),
@@ -1416,6 +1486,7 @@ fn print_failover_table(rows: &[FailoverRow]) {
             f(median(&rest), 1),
             row.reps.len() - ok.len(),
             row.unprotected,
+            row.false_promotions,
             f(median(&col(&|r| r.probes as f64)), 0),
             row.reps.iter().map(|r| r.wrong).sum::<u32>(),
         );
@@ -1450,6 +1521,7 @@ fn main() -> ExitCode {
 
     let scratch = std::env::temp_dir().join(format!("cs-bench-repl-{}", std::process::id()));
     fs::create_dir_all(&scratch).expect("scratch folder");
+    *SCRATCH.lock().unwrap_or_else(|e| e.into_inner()) = Some(scratch.clone());
     let key = scratch.join("key");
     let out = Command::new(cs_driver_bin())
         .arg("keygen")
