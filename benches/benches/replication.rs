@@ -69,6 +69,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,7 +126,9 @@ const PROTECT_TIMEOUT: Duration = Duration::from_secs(180);
 // ---------------------------------------------------------------------------------
 // Every process this bench starts (and every program a driver started for it) is
 // listed here and SIGKILLed by the panic hook: the release profile aborts on panic,
-// so no destructor would run.
+// so no destructor would run. An entry is a kill(2) target: a pid, or minus the
+// process group of a driver started in a group of its own (what it launches or
+// restores stays in that group, even after the driver died).
 
 static STARTED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 /// The scratch folder (key, restored programs' output), removed by the panic hook.
@@ -143,8 +146,9 @@ fn finished(pid: i32) {
 }
 
 fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours;
-    // callers pass pids of processes this bench started (or a driver started for it).
+    // SAFETY: kill(2) takes a pid (or minus a process group) and a signal number and
+    // touches no memory of ours; callers pass processes (groups) this bench started
+    // or a driver started for it.
     unsafe { libc::kill(pid, sig) };
 }
 
@@ -163,10 +167,56 @@ fn kill_started_on_panic() {
     }));
 }
 
-/// A child process that is SIGKILLed and reaped when dropped.
+/// The drivers run in process groups of their own, so a terminal's Ctrl-C does not
+/// reach them: SIGINT, SIGTERM and SIGHUP are blocked in every thread (call this
+/// before any other thread starts) and taken by one thread that kills what was
+/// started, removes the scratch folder and exits. (Children get an empty signal
+/// mask from `Command`.)
+fn kill_started_on_interrupt() {
+    // SAFETY: an all-zero sigset_t is a valid value to initialise with sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t; the signal numbers are valid;
+    // pthread_sigmask reads `set` and writes no old mask (null).
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pthread_sigmask: {}",
+        io::Error::from_raw_os_error(rc)
+    );
+    thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: `set` and `sig` are valid for the call; sigwait only reads `set`
+        // and writes `sig`.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        if rc != 0 {
+            return;
+        }
+        if let Ok(list) = STARTED.lock() {
+            for &pid in list.iter() {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+        if let Ok(Some(dir)) = SCRATCH.lock().as_deref() {
+            let _ = fs::remove_dir_all(dir);
+        }
+        eprintln!("replication: interrupted (signal {sig}); everything started was killed");
+        std::process::exit(128 + sig);
+    });
+}
+
+/// A child process that is SIGKILLed and reaped when dropped; with `group`, its
+/// whole process group is SIGKILLed.
 struct Proc {
     child: Child,
     pid: i32,
+    group: bool,
 }
 
 impl Proc {
@@ -176,7 +226,28 @@ impl Proc {
             .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
         let pid = child.id() as i32;
         started(pid);
-        Proc { child, pid }
+        Proc {
+            child,
+            pid,
+            group: false,
+        }
+    }
+
+    /// A driver in a process group of its own: the program it launches, or restores
+    /// (a pid namespace's init and the program under it, which outlive a backup that
+    /// exits after a failed promotion), is in the group and dies with it.
+    fn spawn_group(cmd: &mut Command, what: &str) -> Proc {
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+        let pid = child.id() as i32;
+        started(-pid);
+        Proc {
+            child,
+            pid,
+            group: true,
+        }
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
@@ -186,11 +257,15 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.group {
+            // The group outlives its leader while a member lives.
+            signal(-self.pid, libc::SIGKILL);
+        }
         if let Ok(None) = self.child.try_wait() {
             signal(self.pid, libc::SIGKILL);
             let _ = self.child.wait();
         }
-        finished(self.pid);
+        finished(if self.group { -self.pid } else { self.pid });
     }
 }
 
@@ -638,7 +713,7 @@ fn start_pair(cfg: &PairCfg, key: &Path, scratch: &Path) -> Result<Pair, String>
         .map(|t| vec!["--timeout".to_string(), t.to_string()])
         .unwrap_or_default();
 
-    let mut backup = Proc::spawn(
+    let mut backup = Proc::spawn_group(
         Command::new(cs_driver_bin())
             .arg("backup")
             .args(["--listen", &repl.to_string(), "--key"])
@@ -696,7 +771,7 @@ fn start_pair(cfg: &PairCfg, key: &Path, scratch: &Path) -> Result<Pair, String>
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut primary = Proc::spawn(&mut cmd, "cs-driver primary");
+    let mut primary = Proc::spawn_group(&mut cmd, "cs-driver primary");
     let out = Tail::new(primary.child.stdout.take().expect("piped stdout"));
     let ptail = Tail::new(primary.child.stderr.take().expect("piped stderr"));
 
@@ -1048,22 +1123,36 @@ struct KvRun {
 }
 
 fn run_kvclient(addr: SocketAddr) -> (f64, f64, f64, f64, f64) {
-    let out = Command::new(fixture("kvclient"))
-        .args(["-addr", &addr.to_string(), "-conns"])
-        .arg(KV_CONNS.to_string())
-        .arg("-duration")
-        .arg(format!("{KV_DURATION_S}s"))
-        .args(["-keys", &KV_KEYS.to_string(), "-quiet"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running kvclient: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut client = Proc::spawn(
+        Command::new(fixture("kvclient"))
+            .args(["-addr", &addr.to_string(), "-conns"])
+            .arg(KV_CONNS.to_string())
+            .arg("-duration")
+            .arg(format!("{KV_DURATION_S}s"))
+            .args(["-keys", &KV_KEYS.to_string(), "-quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        "kvclient",
+    );
+    let mut text = String::new();
+    client
+        .child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("reading kvclient's output: {e}"));
+    let status = client
+        .child
+        .wait()
+        .unwrap_or_else(|e| panic!("waiting for kvclient: {e}"));
+    drop(client);
     let line = text
         .lines()
         .rev()
         .find(|l| l.contains("\"ops_per_s\""))
-        .unwrap_or_else(|| panic!("kvclient printed no summary ({}): {text:?}", out.status));
+        .unwrap_or_else(|| panic!("kvclient printed no summary ({status}): {text:?}"));
     let n = |k: &str| json_number(line, k).unwrap_or(f64::NAN);
     (
         n("ops_per_s"),
@@ -1505,6 +1594,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     kill_started_on_panic();
+    kill_started_on_interrupt();
     warn_if_driver_stale();
     let started_at = Instant::now();
     let load_start = load_average();
