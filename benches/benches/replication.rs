@@ -52,7 +52,7 @@
 //! `UNPROTECTED` or its status says unprotected before the kill (it took its backup
 //! for silent, so its replies stopped waiting for the backup), or when the backup
 //! promoted while the primary lived (it took the primary for silent; on one host
-//! its restore then fails on the program's address in use). Parts 1 and 2 count the
+//! its restore or its public listener then fails on an address in use). Parts 1 and 2 count the
 //! `UNPROTECTED` episodes they saw, and set a failed pair up once more.
 //!
 //! Needs root (ptrace), the Go fixtures (`bash scripts/build-fixtures.sh`) and the
@@ -1344,8 +1344,8 @@ enum NotMeasured {
     /// the backup).
     Unprotected,
     /// The backup promoted while the primary was alive (it took the primary for
-    /// silent); on one host its restore then fails (the program's address is in
-    /// use) and the backup exits.
+    /// silent); on one host its restore, or its listener on PUBLIC, then fails on an
+    /// address in use and the backup exits.
     FalsePromotion,
 }
 
