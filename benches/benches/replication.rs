@@ -1047,7 +1047,7 @@ fn print_pause_table(cases: &[PauseCase]) {
             c.heap_mib,
             c.percent,
             c.timeout_ms
-                .map_or("default (1000 ms)".into(), |t| format!("{t} ms")),
+                .map_or("default (250 ms)".into(), |t| format!("{t} ms")),
             dirty / 1e6,
             c.epochs.len(),
             c.d_epochs / c.seconds,
@@ -1547,7 +1547,7 @@ fn failover(key: &Path, scratch: &Path) -> Vec<FailoverRow> {
 
 fn timeout_label(t: Option<u64>) -> String {
     match t {
-        None => "default (1000 ms)".into(),
+        None => "default (250 ms)".into(),
         Some(ms) => format!("{ms} ms"),
     }
 }
