@@ -107,7 +107,7 @@ pub fn capture_fds(pid: i32, pidfd: RawFd) -> Result<Vec<FdCapture>, CaptureErro
             FdKind::Stdio { path: link.clone() }
         } else if link == b"anon_inode:[eventpoll]" {
             FdKind::Epoll {
-                entries: info.epoll.clone(),
+                entries: live_epoll_entries(pid, fd, &info.epoll),
             }
         } else if link == b"anon_inode:[eventfd]" {
             FdKind::Eventfd {
@@ -672,4 +672,63 @@ fn pipe_contents(pidfd: RawFd, fd: i32) -> Result<Vec<u8>, String> {
         done += got as usize;
     }
     Ok(buf)
+}
+
+/// The inode numbers the program's fds refer to now.
+pub(crate) fn held_inodes(pid: i32) -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| m.ino()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The inode each `tfd:` line of an epoll fd's fdinfo names, in line order.
+pub(crate) fn epoll_target_inodes(pid: i32, fd: i32) -> Vec<Option<u64>> {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("tfd:"))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|t| t.strip_prefix("ino:"))
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+        })
+        .collect()
+}
+
+/// An epoll set's registrations without those whose file no fd of the program
+/// refers to any more. Such a registration outlives its fd only while something
+/// else still holds the file (the kernel drops it with the file's last
+/// reference; seen in a Go kvstore under load, a closed connection's socket for a
+/// moment after its `close`): the program cannot reach that file again, and the
+/// kernel is about to drop the registration. A registration whose file is held
+/// at another fd (dup'ed, then closed) is kept, and refused at dump
+/// (`refuse::fd_relations`).
+fn live_epoll_entries(pid: i32, fd: i32, entries: &[EpollEntry]) -> Vec<EpollEntry> {
+    let inodes = epoll_target_inodes(pid, fd);
+    if inodes.len() != entries.len() {
+        return entries.to_vec();
+    }
+    let held = held_inodes(pid);
+    entries
+        .iter()
+        .zip(inodes)
+        .filter(|(e, ino)| {
+            let keep = ino.is_none_or(|i| held.contains(&i));
+            if !keep {
+                tracing::debug!(
+                    pid,
+                    epoll = fd,
+                    tfd = e.tfd,
+                    "an epoll registration whose file no fd holds any more is left out"
+                );
+            }
+            keep
+        })
+        .map(|(e, _)| *e)
+        .collect()
 }

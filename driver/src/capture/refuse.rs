@@ -300,6 +300,7 @@ fn fd_relations(pid: i32, fds: &[FdCapture], frozen: bool) -> Vec<String> {
             ));
         }
         if let (FdKind::Epoll { .. }, true) = (&f.kind, frozen) {
+            let held = fds::held_inodes(pid);
             for l in info.lines().filter(|l| l.starts_with("tfd:")) {
                 let toks: Vec<&str> = l.split_whitespace().collect();
                 let after = |name: &str| {
@@ -319,7 +320,10 @@ fn fd_relations(pid: i32, fds: &[FdCapture], frozen: bool) -> Vec<String> {
                 };
                 use std::os::unix::fs::MetadataExt;
                 let now = std::fs::metadata(format!("/proc/{pid}/fd/{tfd}")).map(|m| m.ino());
-                if now.ok() != Some(ino) {
+                // A file no fd holds any more was left out of the capture
+                // (`fds::live_epoll_entries`): the kernel drops its registration
+                // with the file's last reference.
+                if now.as_ref().ok() != Some(&ino) && held.contains(&ino) {
                     items.push(format!(
                         "fd {}: epoll set registers fd {tfd}, which is now closed or another \
                          file (it was registered and then dup'ed and closed): restore would \
