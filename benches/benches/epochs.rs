@@ -38,9 +38,13 @@
 //! memory at the 1 GiB step: the dirtier and the full epoch's staging buffer).
 //! `-- pause` or `-- throughput` after it runs only that part.
 
+use cs_benches::harness::{
+    cs_driver_bin, fixture, json_number, load_average, median, ms, newest_source, quantile,
+    workspace,
+};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -78,7 +82,6 @@ const ROUNDS: usize = 3;
 /// Issue 8's throughput target: at most this loss (%) at 20 Hz.
 const LOSS_TARGET_PCT: f64 = 5.0;
 
-const GO: &str = "go1.27.3";
 const PAGE: u64 = 4096;
 
 // ---------------------------------------------------------------------------------
@@ -146,21 +149,6 @@ impl Drop for Proc {
 // ---------------------------------------------------------------------------------
 // Paths and preconditions.
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ lies in the workspace")
-        .to_path_buf()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    workspace().join("go-fixtures/build").join(GO).join(name)
-}
-
-fn cs_driver_bin() -> PathBuf {
-    workspace().join("target/release/cs-driver")
-}
-
 fn check_preconditions() -> Result<(), String> {
     // SAFETY: geteuid(2) has no arguments and cannot fail.
     let euid = unsafe { libc::geteuid() };
@@ -187,20 +175,6 @@ fn check_preconditions() -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for e in fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() {
-            newest_source(&p)
-        } else {
-            e.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(t);
-    }
-    newest
 }
 
 /// Part 2 runs the release binary: say so when the sources are newer.
@@ -259,34 +233,6 @@ fn start_ready(name: &str, args: &[String]) -> (Proc, String, BufReader<ChildStd
 // ---------------------------------------------------------------------------------
 // Small statistics.
 
-fn median(v: &[f64]) -> f64 {
-    quantile(v, 0.5)
-}
-
-/// The q-quantile by the nearest-rank method (the median of an even count is the
-/// mean of the middle two).
-fn quantile(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if q == 0.5 {
-        let n = s.len();
-        return if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        };
-    }
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// CPU time (user + system) of every thread of this process so far.
 fn cpu_time() -> Duration {
     // SAFETY: an all-zero `rusage` is a valid value (integers and timevals).
@@ -296,12 +242,6 @@ fn cpu_time() -> Duration {
     assert_eq!(rc, 0, "getrusage: {}", io::Error::last_os_error());
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// A writer that only counts.
@@ -471,14 +411,6 @@ struct KvRun {
     /// The checkpointer's delta pauses (ms) and how many epochs it committed.
     pauses_ms: Vec<f64>,
     epochs: usize,
-}
-
-/// A number field of a one-line JSON object, e.g. `"ops_per_s":1234.5`.
-fn json_number(line: &str, field: &str) -> Option<f64> {
-    let key = format!("\"{field}\":");
-    let rest = &line[line.find(&key)? + key.len()..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
 }
 
 fn run_kvclient(addr: &str) -> (f64, f64) {

@@ -66,6 +66,10 @@
 //! memory at the 1 GiB steps: the dirtier, the primary's capture and the backup's
 //! copy). `-- pause`, `-- throughput` or `-- failover` after it runs one part only.
 
+use cs_benches::harness::{
+    cs_driver_bin, fixture, json_number, load_average, median, ms, newest_source, quantile,
+    release_dir, workspace,
+};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -78,7 +82,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const GO: &str = "go1.27.3";
 const PAGE: u64 = 4096;
 
 /// Part 1: heap (MiB) and dirty share (% of the heap's pages per 10 ms period).
@@ -363,36 +366,6 @@ impl Tail {
 // ---------------------------------------------------------------------------------
 // Paths and preconditions.
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("benches/ lies in the workspace")
-        .to_path_buf()
-}
-
-fn fixture(name: &str) -> PathBuf {
-    workspace().join("go-fixtures/build").join(GO).join(name)
-}
-
-fn release_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => {
-            let d = PathBuf::from(d);
-            let d = if d.is_absolute() {
-                d
-            } else {
-                workspace().join(d)
-            };
-            d.join("release")
-        }
-        _ => workspace().join("target/release"),
-    }
-}
-
-fn cs_driver_bin() -> PathBuf {
-    release_dir().join("cs-driver")
-}
-
 fn check_preconditions() -> Result<(), String> {
     // SAFETY: geteuid(2) has no arguments and cannot fail.
     let euid = unsafe { libc::geteuid() };
@@ -428,20 +401,6 @@ fn check_preconditions() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for e in fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() {
-            newest_source(&p)
-        } else {
-            e.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(t);
-    }
-    newest
 }
 
 /// Every part runs the release binary: say so when the sources are newer.
@@ -504,34 +463,6 @@ fn start_ready(bin: &Path, args: &[String]) -> (Proc, Tail) {
 // ---------------------------------------------------------------------------------
 // Small statistics and parsing.
 
-fn median(v: &[f64]) -> f64 {
-    quantile(v, 0.5)
-}
-
-/// The q-quantile by the nearest-rank method (the median of an even count is the
-/// mean of the middle two).
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(f64::total_cmp);
-    if q == 0.5 {
-        let n = s.len();
-        return if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        };
-    }
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// `x` with `digits` decimals, or a dash for NaN.
 fn f(x: f64, digits: usize) -> String {
     if x.is_nan() {
@@ -539,12 +470,6 @@ fn f(x: f64, digits: usize) -> String {
     } else {
         format!("{x:.digits$}")
     }
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// An ack latency from [`histogram_median`]: above the top finite bucket (1000 ms
@@ -562,14 +487,6 @@ fn log_field(line: &str, key: &str) -> Option<f64> {
     let pat = format!(" {key}=");
     let rest = &line[line.find(&pat)? + pat.len()..];
     rest.split_whitespace().next()?.parse().ok()
-}
-
-/// A number field of a one-line JSON object, e.g. `"ops_per_s":1234.5`.
-fn json_number(line: &str, field: &str) -> Option<f64> {
-    let key = format!("\"{field}\":");
-    let rest = &line[line.find(&key)? + key.len()..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
 }
 
 // ---------------------------------------------------------------------------------

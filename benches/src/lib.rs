@@ -6,6 +6,8 @@
 //! kvstore fixture (16 MiB to 1 GiB preloaded), its image size against RSS, and the
 //! time from `cs-driver restore` to the program serving again.
 
+pub mod harness;
+
 /// A deterministic xorshift64 generator (benchmarks need reproducible data, not quality).
 #[derive(Debug, Clone)]
 pub struct XorShift(u64);
