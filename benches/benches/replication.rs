@@ -38,7 +38,7 @@
 //! the loss against unprotected, and from the primary's status around the client:
 //! epochs per second and the ack latency median.
 //!
-//! Part 3, failover time. kvstore 64 MiB protected (`--timeout` default (250 ms), then 1000 ms
+//! Part 3, failover time. kvstore 64 MiB protected (`--timeout` default (200 ms), then 250 ms
 //! on both drivers); 2 s after `PROTECTED` a `PUT marker VALUE` through PUBLIC is
 //! acknowledged (output commit: the backup holds it); 0.2 s later the primary driver
 //! and the kvstore are SIGKILLed together (the primary's "machine" dies, T0). A
@@ -112,7 +112,7 @@ const LOSS_TARGET_PCT: f64 = 5.0;
 
 /// Part 3: repetitions per timeout, the prober's period, the target.
 const FAILOVER_REPS: usize = 5;
-const FAILOVER_TIMEOUTS: [Option<u64>; 2] = [None, Some(1000)];
+const FAILOVER_TIMEOUTS: [Option<u64>; 2] = [None, Some(250)];
 const PROBE_PERIOD: Duration = Duration::from_millis(2);
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
 const PROBE_READ_TIMEOUT: Duration = Duration::from_millis(200);
@@ -964,7 +964,7 @@ fn print_pause_table(cases: &[PauseCase]) {
             c.heap_mib,
             c.percent,
             c.timeout_ms
-                .map_or("default (250 ms)".into(), |t| format!("{t} ms")),
+                .map_or("default (200 ms)".into(), |t| format!("{t} ms")),
             dirty / 1e6,
             c.epochs.len(),
             c.d_epochs / c.seconds,
@@ -1464,7 +1464,7 @@ fn failover(key: &Path, scratch: &Path) -> Vec<FailoverRow> {
 
 fn timeout_label(t: Option<u64>) -> String {
     match t {
-        None => "default (250 ms)".into(),
+        None => "default (200 ms)".into(),
         Some(ms) => format!("{ms} ms"),
     }
 }

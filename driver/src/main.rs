@@ -137,7 +137,7 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         interval: u64,
         /// Milliseconds of silence after which the peer is taken for dead.
-        #[arg(long, default_value_t = 250)]
+        #[arg(long, default_value_t = 200)]
         timeout: u64,
         /// Serve the status (Prometheus text) on this address.
         #[arg(long)]
@@ -176,7 +176,7 @@ enum Cmd {
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Milliseconds of silence after which the primary is taken for dead.
-        #[arg(long, default_value_t = 250)]
+        #[arg(long, default_value_t = 200)]
         timeout: u64,
         /// Serve the status (Prometheus text) on this address.
         #[arg(long)]
