@@ -648,30 +648,9 @@ fn checkpoint(
     let pid = match (pid, argv.split_first()) {
         (Some(p), None) => p,
         (None, Some((prog, args))) => {
-            let c = std::process::Command::new(prog)
-                .args(args)
-                .spawn()
-                .with_context(|| format!("launching {prog}"))?;
+            let c = capture::launch(prog, args).with_context(|| format!("launching {prog}"))?;
             let p = c.id() as i32;
             child = Some(c);
-            // `spawn` returns when the old mm is released, which is before exec
-            // has mapped the new program (its vDSO, auxv and stack come after):
-            // attaching then found no vDSO once. Wait until the program has left
-            // execve (`/proc/PID/syscall` no longer says 59) with a vDSO mapped.
-            let t = std::time::Instant::now();
-            let execed = || {
-                let sc = std::fs::read_to_string(format!("/proc/{p}/syscall")).unwrap_or_default();
-                let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default();
-                !sc.is_empty()
-                    && sc.split_whitespace().next() != Some("59")
-                    && maps.contains("[vdso]")
-            };
-            while !execed() {
-                if t.elapsed() > std::time::Duration::from_secs(5) {
-                    anyhow::bail!("{prog} (pid {p}) did not finish its exec within 5 s");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
             p
         }
         _ => anyhow::bail!("give either a PID or `-- PROGRAM ARGS`, not both"),

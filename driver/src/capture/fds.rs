@@ -107,7 +107,7 @@ pub fn capture_fds(pid: i32, pidfd: RawFd) -> Result<Vec<FdCapture>, CaptureErro
             FdKind::Stdio { path: link.clone() }
         } else if link == b"anon_inode:[eventpoll]" {
             FdKind::Epoll {
-                entries: live_epoll_entries(pid, fd, &info.epoll),
+                entries: live_epoll_entries(pid, fd, &info),
             }
         } else if link == b"anon_inode:[eventfd]" {
             FdKind::Eventfd {
@@ -686,20 +686,6 @@ pub(crate) fn held_inodes(pid: i32) -> std::collections::HashSet<u64> {
         .unwrap_or_default()
 }
 
-/// The inode each `tfd:` line of an epoll fd's fdinfo names, in line order.
-pub(crate) fn epoll_target_inodes(pid: i32, fd: i32) -> Vec<Option<u64>> {
-    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("tfd:"))
-        .map(|l| {
-            l.split_whitespace()
-                .find_map(|t| t.strip_prefix("ino:"))
-                .and_then(|v| u64::from_str_radix(v, 16).ok())
-        })
-        .collect()
-}
-
 /// An epoll set's registrations without those whose file no fd of the program
 /// refers to any more. Such a registration outlives its fd only while something
 /// else still holds the file (the kernel drops it with the file's last
@@ -708,17 +694,25 @@ pub(crate) fn epoll_target_inodes(pid: i32, fd: i32) -> Vec<Option<u64>> {
 /// kernel is about to drop the registration. A registration whose file is held
 /// at another fd (dup'ed, then closed) is kept, and refused at dump
 /// (`refuse::fd_relations`).
-fn live_epoll_entries(pid: i32, fd: i32, entries: &[EpollEntry]) -> Vec<EpollEntry> {
-    let inodes = epoll_target_inodes(pid, fd);
+fn live_epoll_entries(pid: i32, fd: i32, info: &procfs::FdInfo) -> Vec<EpollEntry> {
+    use std::os::unix::fs::MetadataExt;
+    let (entries, inodes) = (&info.epoll, &info.epoll_inodes);
     if inodes.len() != entries.len() {
-        return entries.to_vec();
+        return entries.clone();
     }
-    let held = held_inodes(pid);
+    // The usual case costs one stat per registration: its fd still names its file.
+    // Only a mismatch reads the whole fd table.
+    let mut held: Option<std::collections::HashSet<u64>> = None;
     entries
         .iter()
         .zip(inodes)
         .filter(|(e, ino)| {
-            let keep = ino.is_none_or(|i| held.contains(&i));
+            let Some(ino) = **ino else { return true };
+            let now = std::fs::metadata(format!("/proc/{pid}/fd/{}", e.tfd)).map(|m| m.ino());
+            if now.ok() == Some(ino) {
+                return true;
+            }
+            let keep = held.get_or_insert_with(|| held_inodes(pid)).contains(&ino);
             if !keep {
                 tracing::debug!(
                     pid,

@@ -1561,6 +1561,34 @@ fn process_clocks(pid: i32) -> Result<(u64, u64), CaptureError> {
     Ok((m.max(0) as u64, b.max(0) as u64))
 }
 
+/// Launches `prog args` for a capture and returns once it has left `execve` with
+/// its vDSO mapped. `spawn` returns when the old mm is released, before exec has
+/// mapped the new program (its vDSO, auxv and stack come after): attaching then
+/// once found no vDSO. `/proc/PID/syscall` no longer saying 59 and a `[vdso]` in
+/// its maps mean the exec is done.
+pub fn launch(prog: &str, args: &[String]) -> std::io::Result<std::process::Child> {
+    let mut c = std::process::Command::new(prog).args(args).spawn()?;
+    let p = c.id();
+    let t = std::time::Instant::now();
+    let execed = || {
+        let sc = std::fs::read_to_string(format!("/proc/{p}/syscall")).unwrap_or_default();
+        let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default();
+        !sc.is_empty() && sc.split_whitespace().next() != Some("59") && maps.contains("[vdso]")
+    };
+    while !execed() {
+        if t.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("pid {p} did not finish its exec within 5 s (killed)"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -375,6 +375,8 @@ pub struct FdInfo {
     /// `flags:` in octal: file status flags plus O_CLOEXEC for the descriptor.
     pub flags: u32,
     pub epoll: Vec<EpollEntry>,
+    /// The inode of each `tfd:` line's file (`ino:`), in the order of `epoll`.
+    pub epoll_inodes: Vec<Option<u64>>,
     pub eventfd_count: Option<u64>,
     pub eventfd_semaphore: bool,
 }
@@ -415,6 +417,12 @@ pub fn parse_fdinfo(path: &str, text: &str) -> Result<FdInfo, CaptureError> {
                 .and_then(|s| u64::from_str_radix(s, 16).ok())
                 .ok_or_else(|| bad(path, l, "data"))?;
             info.epoll.push(EpollEntry { tfd, events, data });
+            // `ino:1cfb3` is one token, unlike `tfd:        7`.
+            info.epoll_inodes.push(
+                toks.iter()
+                    .find_map(|t| t.strip_prefix("ino:"))
+                    .and_then(|v| u64::from_str_radix(v, 16).ok()),
+            );
         }
     }
     Ok(info)
@@ -536,6 +544,7 @@ mod tests {
         let i = parse_fdinfo("t", t).unwrap();
         assert_eq!(i.flags, 0o2000002);
         assert_eq!(i.epoll.len(), 2);
+        assert_eq!(i.epoll_inodes, vec![Some(0x1cfb3), Some(0x40e)]);
         assert_eq!(
             i.epoll[1],
             EpollEntry {

@@ -590,27 +590,8 @@ fn launch_or_attach(a: &PrimaryArgs) -> Result<(i32, Option<std::process::Child>
                 program: prog.clone(),
                 detail,
             };
-            let c = std::process::Command::new(prog)
-                .args(args)
-                .spawn()
-                .map_err(|e| launch(e.to_string()))?;
+            let c = capture::launch(prog, args).map_err(|e| launch(e.to_string()))?;
             let p = c.id() as i32;
-            let t = Instant::now();
-            let execed = || {
-                let sc = std::fs::read_to_string(format!("/proc/{p}/syscall")).unwrap_or_default();
-                let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default();
-                !sc.is_empty()
-                    && sc.split_whitespace().next() != Some("59")
-                    && maps.contains("[vdso]")
-            };
-            while !execed() {
-                if t.elapsed() > Duration::from_secs(5) {
-                    return Err(launch(format!(
-                        "pid {p} did not finish its exec within 5 s"
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
             Ok((p, Some(c)))
         }
         _ => Err(NodeError::Usage(
