@@ -201,19 +201,29 @@ fn dump_and_restore(tc: GoToolchain, fill: Fill) {
     // them; the program may have grown its heap between `maps_before` and the
     // freeze (a dump pre-copies for ~100 ms first): allowed, and said.
     let at_freeze = image_maps(&image);
+    // Adjacent mappings with the same permissions are joined on both sides: the
+    // kernel may merge two such anonymous mappings the restore created apart (the
+    // original's stayed apart because their pages came from different anon_vmas),
+    // which the program cannot tell from the original layout (seen once in CI).
     let three = |m: &[(u64, u64, String)]| -> Vec<(u64, u64, String)> {
-        m.iter()
-            .map(|(a, b, p)| (*a, *b, p[..3].to_string()))
-            .collect()
+        let mut v: Vec<(u64, u64, String)> = Vec::new();
+        for (a, b, p) in m {
+            let p = p[..3].to_string();
+            match v.last_mut() {
+                Some(last) if last.1 == *a && last.2 == p => last.1 = *b,
+                _ => v.push((*a, *b, p)),
+            }
+        }
+        v
     };
     assert!(at_freeze.len() > 10, "inspect listed {at_freeze:?}");
     assert_eq!(
         three(&maps_after),
-        at_freeze,
+        three(&at_freeze),
         "restored /proc/PID/maps differs from the checkpoint's mappings\nstderr:\n{}",
         restored.stderr_tail()
     );
-    if three(&maps_before) != at_freeze {
+    if three(&maps_before) != three(&at_freeze) {
         eprintln!(
             "note: the program changed its mappings between the first look and the freeze:\n  before {maps_before:?}\n  at the freeze {at_freeze:?}"
         );
